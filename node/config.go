@@ -1,0 +1,215 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/BurntSushi/toml"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/multiformats/go-multiaddr"
+)
+
+// Config is a node's configuration file (TOML). docs/operations.md documents
+// every field.
+type Config struct {
+	// StateDir holds the identity key and the control socket.
+	StateDir string `toml:"state_dir"`
+	// LogLevel is debug, info, warn or error.
+	LogLevel string    `toml:"log_level"`
+	TAP      TAPConfig `toml:"tap"`
+	Listen   Listen    `toml:"listen"`
+	Peers    []Peer    `toml:"peer"`
+}
+
+// TAPConfig describes the VM's side: its TAP device and virtual address.
+type TAPConfig struct {
+	// Name of the TAP device, at most 15 bytes.
+	Name string `toml:"name"`
+	// Address is the VM's virtual address with the virtual subnet's prefix
+	// length, such as 10.128.0.1/16.
+	Address string `toml:"address"`
+	// UnderlayMTU is the MTU of the physical network; the TAP MTU leaves
+	// room below it for the overlay's headers.
+	UnderlayMTU int `toml:"underlay_mtu"`
+	// ConfigureAddress makes the node put Address on the TAP device itself,
+	// for hosts with no DHCP client.
+	ConfigureAddress *bool `toml:"configure_address"`
+}
+
+// Listen names the node's sockets.
+type Listen struct {
+	// Control holds libp2p multiaddrs for the control plane (TCP and QUIC).
+	Control []string `toml:"control"`
+	// Data is the UDP address of the data socket, host:port.
+	Data string `toml:"data"`
+}
+
+// Peer is a statically configured peer.
+type Peer struct {
+	ID    string   `toml:"id"`
+	Addrs []string `toml:"addrs"`
+}
+
+// Defaults used for fields the file leaves out.
+const (
+	DefaultTAPName     = "ringnet0"
+	DefaultUnderlayMTU = 1500
+	DefaultControlPort = 4150
+	DefaultDataPort    = 4151
+	DefaultStateDir    = "/var/lib/ringnet"
+)
+
+// ConfigError names the field of a bad config.
+type ConfigError struct {
+	Field string
+	Err   error
+}
+
+func (e *ConfigError) Error() string { return fmt.Sprintf("config field %s: %v", e.Field, e.Err) }
+func (e *ConfigError) Unwrap() error { return e.Err }
+
+func fieldErr(field, format string, args ...any) error {
+	return &ConfigError{Field: field, Err: fmt.Errorf(format, args...)}
+}
+
+// LoadConfig reads, defaults and validates a config file.
+func LoadConfig(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	return ParseConfig(data)
+}
+
+// ParseConfig parses, defaults and validates a config file's contents.
+func ParseConfig(data []byte) (*Config, error) {
+	var c Config
+	md, err := toml.Decode(string(data), &c)
+	if err != nil {
+		var perr toml.ParseError
+		if errors.As(err, &perr) {
+			return nil, fmt.Errorf("config line %d: %s", perr.Position.Line, perr.Message)
+		}
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	if undecoded := md.Undecoded(); len(undecoded) > 0 {
+		return nil, fieldErr(undecoded[0].String(), "unknown field")
+	}
+	c.setDefaults()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+func (c *Config) setDefaults() {
+	if c.StateDir == "" {
+		c.StateDir = DefaultStateDir
+	}
+	if c.LogLevel == "" {
+		c.LogLevel = "info"
+	}
+	if c.TAP.Name == "" {
+		c.TAP.Name = DefaultTAPName
+	}
+	if c.TAP.UnderlayMTU == 0 {
+		c.TAP.UnderlayMTU = DefaultUnderlayMTU
+	}
+	if c.TAP.ConfigureAddress == nil {
+		yes := true
+		c.TAP.ConfigureAddress = &yes
+	}
+	if len(c.Listen.Control) == 0 {
+		c.Listen.Control = []string{
+			fmt.Sprintf("/ip4/0.0.0.0/tcp/%d", DefaultControlPort),
+			fmt.Sprintf("/ip4/0.0.0.0/udp/%d/quic-v1", DefaultControlPort),
+		}
+	}
+	if c.Listen.Data == "" {
+		c.Listen.Data = fmt.Sprintf("0.0.0.0:%d", DefaultDataPort)
+	}
+}
+
+// Validate checks every field and returns the first problem, naming it.
+func (c *Config) Validate() error {
+	if !filepath.IsAbs(c.StateDir) {
+		return fieldErr("state_dir", "%q is not an absolute path", c.StateDir)
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return fieldErr("log_level", "%q is not one of debug, info, warn, error", c.LogLevel)
+	}
+	if len(c.TAP.Name) > 15 {
+		return fieldErr("tap.name", "%q is longer than 15 bytes", c.TAP.Name)
+	}
+	if strings.ContainsAny(c.TAP.Name, "/ \t\n%") {
+		return fieldErr("tap.name", "%q is not a valid interface name", c.TAP.Name)
+	}
+	if c.TAP.Address == "" {
+		return fieldErr("tap.address", "missing (the VM's virtual address, such as 10.128.0.1/16)")
+	}
+	if _, err := c.VirtualPrefix(); err != nil {
+		return err
+	}
+	if c.TAP.UnderlayMTU < 576 || c.TAP.UnderlayMTU > 65535 {
+		return fieldErr("tap.underlay_mtu", "%d is outside 576..65535", c.TAP.UnderlayMTU)
+	}
+	for i, a := range c.Listen.Control {
+		if _, err := multiaddr.NewMultiaddr(a); err != nil {
+			return fieldErr(fmt.Sprintf("listen.control[%d]", i), "%q: %v", a, err)
+		}
+	}
+	if _, err := netip.ParseAddrPort(c.Listen.Data); err != nil {
+		return fieldErr("listen.data", "%q: %v", c.Listen.Data, err)
+	}
+	seen := make(map[peer.ID]bool)
+	for i, p := range c.Peers {
+		field := fmt.Sprintf("peer[%d]", i)
+		id, err := peer.Decode(p.ID)
+		if err != nil {
+			return fieldErr(field+".id", "%q is not a peer ID: %v", p.ID, err)
+		}
+		if seen[id] {
+			return fieldErr(field+".id", "%s is listed twice", p.ID)
+		}
+		seen[id] = true
+		if len(p.Addrs) == 0 {
+			return fieldErr(field+".addrs", "missing (the peer's control multiaddrs)")
+		}
+		for j, a := range p.Addrs {
+			if _, err := multiaddr.NewMultiaddr(a); err != nil {
+				return fieldErr(fmt.Sprintf("%s.addrs[%d]", field, j), "%q: %v", a, err)
+			}
+		}
+	}
+	return nil
+}
+
+// VirtualPrefix returns tap.address parsed: the VM's address and its subnet.
+func (c *Config) VirtualPrefix() (netip.Prefix, error) {
+	p, err := netip.ParsePrefix(c.TAP.Address)
+	if err != nil {
+		return netip.Prefix{}, fieldErr("tap.address", "%q: %v", c.TAP.Address, err)
+	}
+	if !p.Addr().Is4() {
+		return netip.Prefix{}, fieldErr("tap.address", "%q is not IPv4 (IPv6 is not carried yet)", c.TAP.Address)
+	}
+	if p.Bits() < 8 || p.Bits() > 30 {
+		return netip.Prefix{}, fieldErr("tap.address", "prefix length /%d is outside /8../30", p.Bits())
+	}
+	if p.Addr() == p.Masked().Addr() {
+		return netip.Prefix{}, fieldErr("tap.address", "%v is the subnet's network address", p.Addr())
+	}
+	return p, nil
+}
+
+// ControlSocket is the path of the running node's control socket.
+func (c *Config) ControlSocket() string { return ControlSocketIn(c.StateDir) }
+
+// ControlSocketIn is the control socket's path in a state directory.
+func ControlSocketIn(stateDir string) string { return filepath.Join(stateDir, "control.sock") }
