@@ -1,0 +1,132 @@
+// Package integration runs ringnet nodes in network namespaces (see
+// bench/testbed) and checks what a VM sees through the overlay. The tests
+// need root; ./scripts/test runs them.
+package integration
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ringnet/ringnet/bench/testbed"
+	"github.com/ringnet/ringnet/node"
+)
+
+// ringnetBin is the ringnet binary TestMain builds once for all tests.
+var ringnetBin string
+
+func TestMain(m *testing.M) {
+	os.Exit(buildAndRun(m))
+}
+
+func buildAndRun(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "ringnet-integration-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	ringnetBin = filepath.Join(dir, "ringnet")
+	// Without -race: the race detector would slow the data path down many
+	// times over and turn timing-sensitive checks into noise.
+	build := exec.Command("go", "build", "-o", ringnetBin, "github.com/ringnet/ringnet/cmd/ringnet")
+	if out, err := build.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build ringnet: %v\n%s", err, out)
+		return 1
+	}
+	return m.Run()
+}
+
+// Virtual addresses of the two nodes of a pair.
+const (
+	vipA = "10.128.0.1"
+	vipB = "10.128.0.2"
+)
+
+// pair is two VMs at two public sites whose nodes have each other as static
+// peers.
+type pair struct {
+	bed  *testbed.Bed
+	a, b *testbed.VM
+}
+
+// newPair builds the bed and its two VMs, without nodes.
+func newPair(t *testing.T) *pair {
+	t.Helper()
+	ctx := t.Context()
+	bed := testbed.NewT(t, testbed.Options{RingnetPath: ringnetBin})
+	p := &pair{bed: bed}
+	for i, name := range []string{"a", "b"} {
+		site, err := bed.AddSite(ctx, "site"+name, testbed.NATNone)
+		if err != nil {
+			t.Fatal(err)
+		}
+		vm, err := bed.AddVM(ctx, site, "vm"+name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			p.a = vm
+		} else {
+			p.b = vm
+		}
+	}
+	return p
+}
+
+// start starts both nodes and waits until a reaches b through the overlay.
+func (p *pair) start(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	peerA, err := p.a.PeerEntry(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	peerB, err := p.b.PeerEntry(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.a.StartNode(ctx, nodeConfig(vipA, peerB)); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.b.StartNode(ctx, nodeConfig(vipB, peerA)); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := p.a.WaitReachable(ctx, vipB); err != nil {
+		t.Fatalf("overlay never came up: %v", err)
+	}
+	t.Logf("overlay up: %s reached %s through ringnet %v after both nodes were ready", p.a.Name(), vipB, time.Since(start).Round(time.Millisecond))
+}
+
+func nodeConfig(vip string, peers ...node.Peer) node.Config {
+	return node.Config{
+		LogLevel: "debug",
+		TAP:      node.TAPConfig{Address: vip + "/16"},
+		Peers:    peers,
+	}
+}
+
+// iperf runs a TCP transfer from client to a one-off iperf3 server on
+// server, at addr, and returns what the server received.
+func iperf(t *testing.T, ctx context.Context, client, server *testbed.VM, addr string, args ...string) testbed.IperfResult {
+	t.Helper()
+	srv, err := server.StartIperf3Server(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Stop(syscall.SIGTERM, time.Second)
+	r, err := client.Iperf3(ctx, addr, args...)
+	if err != nil {
+		t.Fatalf("iperf3 %s -> %s: %v\nserver: %s", client.Name(), addr, err, srv.Output())
+	}
+	t.Logf("iperf3 %s -> %s %v: %d bytes in %.1f s, %.3f Gbit/s, %d retransmits",
+		client.Name(), addr, args, r.Bytes, r.Seconds, r.BitsPerSecond/1e9, r.Retransmits)
+	return r
+}
