@@ -1,0 +1,635 @@
+package overlay
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	manet "github.com/multiformats/go-multiaddr/net"
+)
+
+// Path is how a peer's datagrams travel.
+type Path int32
+
+const (
+	PathNone   Path = iota // no session yet
+	PathUDP                // datagrams over the UDP data socket
+	PathStream             // datagrams over a libp2p stream: UDP does not get through
+)
+
+func (p Path) String() string {
+	switch p {
+	case PathUDP:
+		return "udp"
+	case PathStream:
+		return "stream"
+	}
+	return "none"
+}
+
+// Link timing.
+const (
+	tickInterval = time.Second
+	// pingInterval keeps NAT mappings and the path choice fresh while a
+	// link is idle; a probing link (UDP not yet confirmed) pings every tick.
+	pingInterval = 5 * time.Second
+	// udpTimeout is how long UDP may go without an answered ping before
+	// the link falls back to the stream.
+	udpTimeout       = 15 * time.Second
+	handshakeTimeout = 5 * time.Second
+	dialTimeout      = 5 * time.Second
+	// rekeyGrace lets the peer with the lower ID rekey first, so that both
+	// ends rarely rekey at once.
+	rekeyGrace = 30 * time.Second
+	// minRekeyGap bounds rekeys caused by path changes.
+	minRekeyGap = 2 * time.Second
+)
+
+// Peer is one remote node and the link to it.
+type Peer struct {
+	o  *Overlay
+	id peer.ID
+
+	// sendSession is what outgoing datagrams are sealed under.
+	sendSession atomic.Pointer[session]
+	path        atomic.Int32 // a Path
+	endpoint    atomic.Pointer[netip.AddrPort]
+	stream      *streamSender
+
+	wakeCh chan struct{}
+
+	mu            sync.Mutex
+	static        bool
+	current       *session // newest session
+	previous      *session // kept for datagrams still in flight
+	lastUDPPong   time.Time
+	lastPing      time.Time
+	lastRekey     time.Time
+	rekeyWanted   bool
+	rtt           time.Duration
+	pendingProbes map[uint64]bool
+
+	rekeys                                   atomic.Uint64
+	txPackets, txBytes, rxPackets, rxBytes   atomic.Uint64
+	drops                                    atomic.Uint64
+}
+
+func newPeer(o *Overlay, id peer.ID) *Peer {
+	p := &Peer{
+		o:             o,
+		id:            id,
+		wakeCh:        make(chan struct{}, 1),
+		pendingProbes: make(map[uint64]bool),
+	}
+	p.stream = newStreamSender(o, id)
+	return p
+}
+
+// wake makes the link loop look at the peer now rather than at its next tick.
+func (p *Peer) wake() {
+	select {
+	case p.wakeCh <- struct{}{}:
+	default:
+	}
+}
+
+// requestRekey asks for a new session: the path changed, or the keys aged.
+func (p *Peer) requestRekey(reason string) {
+	p.mu.Lock()
+	if p.rekeyWanted {
+		p.mu.Unlock()
+		return
+	}
+	p.rekeyWanted = true
+	p.mu.Unlock()
+	p.o.log.Debug("rekey requested", "peer", p.id, "reason", reason)
+	p.wake()
+}
+
+// run is the link loop: the one goroutine that changes the peer's link.
+func (p *Peer) run(ctx context.Context) {
+	defer p.stream.close()
+	t := time.NewTicker(tickInterval)
+	defer t.Stop()
+	for {
+		p.tick(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-p.wakeCh:
+		}
+	}
+}
+
+func (p *Peer) tick(ctx context.Context) {
+	now := time.Now()
+	h := p.o.host
+	connected := h.Network().Connectedness(p.id) == network.Connected
+	p.mu.Lock()
+	static := p.static
+	p.mu.Unlock()
+	if !connected && static {
+		dctx, cancel := context.WithTimeout(ctx, dialTimeout)
+		err := h.Connect(dctx, peer.AddrInfo{ID: p.id})
+		cancel()
+		if err != nil {
+			p.o.log.Debug("dial failed", "peer", p.id, "err", err)
+			p.updatePath(now, false)
+			return
+		}
+		connected = true
+	}
+	if connected && p.wantHandshake(now) {
+		if err := p.initiate(ctx); err != nil {
+			p.o.log.Warn("handshake failed", "peer", p.id, "err", err)
+		}
+	}
+	p.expireSessions(now)
+	p.ping(now)
+	p.updatePath(now, connected)
+}
+
+// wantHandshake decides whether this side starts a handshake now.
+func (p *Peer) wantHandshake(now time.Time) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s := p.current
+	switch {
+	case s == nil || s.expired(now):
+		return true
+	case p.rekeyWanted && now.Sub(p.lastRekey) >= minRekeyGap:
+		return true
+	case s.sendCounter.Load() > RekeyAfterMessages:
+		return true
+	case now.Sub(s.created) > RekeyAfterTime:
+		// The lower peer ID rekeys on time; the other waits a grace
+		// period in case the first is gone.
+		if p.o.host.ID() < p.id {
+			return true
+		}
+		return now.Sub(s.created) > RekeyAfterTime+rekeyGrace
+	}
+	return false
+}
+
+// install makes s the peer's newest session. Sessions older than the one
+// it replaces are forgotten.
+func (p *Peer) install(s *session, ready bool) {
+	p.mu.Lock()
+	old := p.previous
+	if p.current != nil {
+		p.rekeys.Add(1)
+	}
+	p.previous, p.current = p.current, s
+	p.rekeyWanted = false
+	p.lastRekey = time.Now()
+	p.mu.Unlock()
+	if old != nil {
+		p.o.dropIndex(old.localIndex)
+	}
+	if ready {
+		p.confirm(s)
+	}
+}
+
+// confirm starts sending under s.
+func (p *Peer) confirm(s *session) {
+	s.sendReady.Store(true)
+	p.sendSession.Store(s)
+	p.wake() // ping at once to (re)confirm the path under the new keys
+}
+
+func (p *Peer) expireSessions(now time.Time) {
+	p.mu.Lock()
+	var gone []*session
+	if p.previous != nil && p.previous.expired(now) {
+		gone = append(gone, p.previous)
+		p.previous = nil
+	}
+	if p.current != nil && p.current.expired(now) {
+		gone = append(gone, p.current)
+		p.current = nil
+	}
+	p.mu.Unlock()
+	for _, s := range gone {
+		p.sendSession.CompareAndSwap(s, nil)
+		p.o.dropIndex(s.localIndex)
+	}
+}
+
+// ping sends a probe over UDP (and over the stream while that is the
+// path): answered probes keep the UDP path confirmed and measure RTT.
+func (p *Peer) ping(now time.Time) {
+	if p.sendSession.Load() == nil {
+		return
+	}
+	p.mu.Lock()
+	confirmed := now.Sub(p.lastUDPPong) < pingInterval+tickInterval
+	due := now.Sub(p.lastPing) >= pingInterval || !confirmed
+	if !due {
+		p.mu.Unlock()
+		return
+	}
+	p.lastPing = now
+	var idb [8]byte
+	rand.Read(idb[:])
+	id := binary.BigEndian.Uint64(idb[:])
+	if len(p.pendingProbes) > 64 { // unanswered probes must not pile up
+		clear(p.pendingProbes)
+	}
+	p.pendingProbes[id] = true
+	p.mu.Unlock()
+
+	var buf [HeaderLen + pingLen + TagLen]byte
+	binary.BigEndian.PutUint64(buf[HeaderLen:], id)
+	binary.BigEndian.PutUint64(buf[HeaderLen+8:], uint64(now.UnixNano()))
+	p.sendVia(PathUDP, typePing, buf[:], pingLen)
+	if Path(p.path.Load()) == PathStream {
+		binary.BigEndian.PutUint64(buf[HeaderLen:], id)
+		binary.BigEndian.PutUint64(buf[HeaderLen+8:], uint64(now.UnixNano()))
+		p.sendVia(PathStream, typePing, buf[:], pingLen)
+	}
+}
+
+// pong handles an authenticated answer to one of our probes.
+func (p *Peer) pong(payload []byte, via Path) {
+	if len(payload) != pingLen {
+		return
+	}
+	id := binary.BigEndian.Uint64(payload)
+	sent := time.Unix(0, int64(binary.BigEndian.Uint64(payload[8:])))
+	now := time.Now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.pendingProbes[id] {
+		return
+	}
+	delete(p.pendingProbes, id)
+	if rtt := now.Sub(sent); rtt >= 0 && rtt < time.Minute {
+		p.rtt = rtt
+	}
+	if via == PathUDP {
+		first := now.Sub(p.lastUDPPong) >= udpTimeout
+		p.lastUDPPong = now
+		if first {
+			p.wake() // switch to UDP without waiting for the tick
+		}
+	}
+}
+
+// updatePath picks UDP while pings over it are answered, the stream while
+// the control connection is up, and nothing otherwise.
+func (p *Peer) updatePath(now time.Time, connected bool) {
+	p.mu.Lock()
+	udpOK := !p.lastUDPPong.IsZero() && now.Sub(p.lastUDPPong) < udpTimeout
+	p.mu.Unlock()
+	next := PathNone
+	switch {
+	case p.sendSession.Load() == nil:
+	case udpOK:
+		next = PathUDP
+	case connected:
+		next = PathStream
+	}
+	prev := Path(p.path.Swap(int32(next)))
+	if prev != next {
+		p.o.log.Info("link path", "peer", p.id, "path", next.String(), "was", prev.String())
+		if prev != PathNone && next != PathNone {
+			p.requestRekey("path changed")
+		}
+	}
+}
+
+// setEndpoint records the peer's UDP address. A change of address is a
+// path change: it rekeys.
+func (p *Peer) setEndpoint(ep netip.AddrPort, reason string) {
+	ep = netip.AddrPortFrom(ep.Addr().Unmap(), ep.Port())
+	old := p.endpoint.Load()
+	if old != nil && *old == ep {
+		return
+	}
+	p.endpoint.Store(&ep)
+	if old != nil {
+		p.o.log.Info("peer endpoint moved", "peer", p.id, "from", *old, "to", ep, "reason", reason)
+		p.requestRekey("endpoint moved")
+	}
+}
+
+// send seals and sends one datagram on the peer's current path.
+func (p *Peer) send(typ byte, buf []byte, n int) error {
+	path := Path(p.path.Load())
+	if path == PathNone {
+		p.drops.Add(1)
+		p.o.drops.noSession.Add(1)
+		return ErrNoSession
+	}
+	return p.sendVia(path, typ, buf, n)
+}
+
+func (p *Peer) sendVia(path Path, typ byte, buf []byte, n int) error {
+	s := p.sendSession.Load()
+	if s == nil {
+		p.o.drops.noSession.Add(1)
+		return ErrNoSession
+	}
+	dgram, ok := s.seal(typ, buf, n)
+	if !ok {
+		p.requestRekey("session spent")
+		p.o.drops.noSession.Add(1)
+		return ErrNoSession
+	}
+	if s.sendCounter.Load() == RekeyAfterMessages {
+		p.requestRekey("message limit")
+	}
+	var err error
+	switch path {
+	case PathUDP:
+		ep := p.endpoint.Load()
+		if ep == nil {
+			return ErrNoSession
+		}
+		_, err = p.o.udp.WriteToUDPAddrPort(dgram, *ep)
+	case PathStream:
+		err = p.stream.send(dgram)
+	}
+	if err != nil {
+		p.drops.Add(1)
+		p.o.drops.sendFailed.Add(1)
+		return fmt.Errorf("send to %s over %v: %w", p.id, path, err)
+	}
+	if typ == typeData {
+		p.txPackets.Add(1)
+		p.txBytes.Add(uint64(n))
+	}
+	return nil
+}
+
+func (p *Peer) status() PeerStatus {
+	st := PeerStatus{
+		ID:        p.id,
+		Path:      Path(p.path.Load()),
+		Rekeys:    p.rekeys.Load(),
+		TxPackets: p.txPackets.Load(),
+		TxBytes:   p.txBytes.Load(),
+		RxPackets: p.rxPackets.Load(),
+		RxBytes:   p.rxBytes.Load(),
+		Drops:     p.drops.Load(),
+	}
+	if ep := p.endpoint.Load(); ep != nil {
+		st.Endpoint = *ep
+	}
+	if s := p.sendSession.Load(); s != nil {
+		st.Suite = s.suite
+		st.SessionAge = time.Since(s.created)
+	}
+	p.mu.Lock()
+	st.Static = p.static
+	st.RTT = p.rtt
+	p.mu.Unlock()
+	p.o.mu.RLock()
+	for a, holder := range p.o.byAddr {
+		if holder == p {
+			st.Addrs = append(st.Addrs, a)
+		}
+	}
+	p.o.mu.RUnlock()
+	return st
+}
+
+// initiate runs the initiator's side of the link handshake.
+func (p *Peer) initiate(ctx context.Context) error {
+	o := p.o
+	ctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+	defer cancel()
+	st, err := o.host.NewStream(ctx, p.id, linkProtocol)
+	if err != nil {
+		return fmt.Errorf("open link stream: %w", err)
+	}
+	defer st.Close()
+	deadline, _ := ctx.Deadline()
+	st.SetDeadline(deadline)
+
+	priv, eph, err := newEphemeral()
+	if err != nil {
+		return err
+	}
+	s := &session{created: time.Now()}
+	o.newIndex(p, s)
+	installed := false
+	defer func() {
+		if !installed {
+			o.dropIndex(s.localIndex)
+		}
+	}()
+	init := &hello{
+		typ:      helloInit,
+		suites:   offeredSuites(o.cfg.AEAD),
+		hasAES:   hasAESHardware(),
+		eph:      eph,
+		index:    s.localIndex,
+		dataPort: o.DataAddr().Port(),
+		addrs:    o.cfg.VirtualAddrs,
+	}
+	if err := init.sign(o.cfg.Identity, o.host.ID(), p.id, nil); err != nil {
+		return err
+	}
+	if err := writeMsg(st, init.marshal()); err != nil {
+		return fmt.Errorf("send hello: %w", err)
+	}
+	br := bufio.NewReader(st)
+	msg, err := readMsg(br)
+	if err != nil {
+		return fmt.Errorf("read answer: %w", err)
+	}
+	resp, err := parseHello(msg)
+	if err != nil {
+		o.drops.badHandshake.Add(1)
+		return fmt.Errorf("answer: %w", err)
+	}
+	if resp.typ != helloResp {
+		o.drops.badHandshake.Add(1)
+		return errors.New("answer is not a response hello")
+	}
+	if err := resp.verify(p.id, o.host.ID(), p.id, &eph); err != nil {
+		o.drops.badHandshake.Add(1)
+		return err
+	}
+	suite := resp.suites[0]
+	if !containsSuite(init.suites, suite) {
+		o.drops.badHandshake.Add(1)
+		return fmt.Errorf("peer chose %v, which was not offered", suite)
+	}
+	i2r, r2i, err := deriveKeys(priv, resp.eph, suite, o.host.ID(), p.id, eph, resp.eph)
+	if err != nil {
+		return err
+	}
+	if err := s.setKeys(suite, resp.index, i2r, r2i); err != nil {
+		return err
+	}
+	if err := writeMsg(st, []byte{wireVersion, helloConfirm}); err != nil {
+		return fmt.Errorf("send confirm: %w", err)
+	}
+	p.learn(st.Conn(), resp)
+	p.install(s, true)
+	installed = true
+	o.log.Debug("session up", "peer", p.id, "role", "initiator", "aead", suite)
+	return nil
+}
+
+// respond runs the responder's side of the link handshake on st.
+func (p *Peer) respond(st network.Stream) error {
+	o := p.o
+	st.SetDeadline(time.Now().Add(handshakeTimeout))
+	br := bufio.NewReader(st)
+	msg, err := readMsg(br)
+	if err != nil {
+		return fmt.Errorf("read hello: %w", err)
+	}
+	init, err := parseHello(msg)
+	if err != nil {
+		o.drops.badHandshake.Add(1)
+		return fmt.Errorf("hello: %w", err)
+	}
+	if init.typ != helloInit {
+		o.drops.badHandshake.Add(1)
+		return errors.New("first message is not an initiating hello")
+	}
+	if err := init.verify(p.id, p.id, o.host.ID(), nil); err != nil {
+		o.drops.badHandshake.Add(1)
+		return err
+	}
+	suite, err := chooseSuite(init.suites, init.hasAES, hasAESHardware(), o.cfg.AEAD)
+	if err != nil {
+		o.drops.badHandshake.Add(1)
+		return err
+	}
+	priv, eph, err := newEphemeral()
+	if err != nil {
+		return err
+	}
+	i2r, r2i, err := deriveKeys(priv, init.eph, suite, p.id, o.host.ID(), init.eph, eph)
+	if err != nil {
+		o.drops.badHandshake.Add(1)
+		return err
+	}
+	s := &session{created: time.Now()}
+	o.newIndex(p, s)
+	if err := s.setKeys(suite, init.index, r2i, i2r); err != nil {
+		o.dropIndex(s.localIndex)
+		return err
+	}
+	resp := &hello{
+		typ:      helloResp,
+		suites:   []Suite{suite},
+		hasAES:   hasAESHardware(),
+		eph:      eph,
+		index:    s.localIndex,
+		dataPort: o.DataAddr().Port(),
+		addrs:    o.cfg.VirtualAddrs,
+	}
+	if err := resp.sign(o.cfg.Identity, p.id, o.host.ID(), &init.eph); err != nil {
+		o.dropIndex(s.localIndex)
+		return err
+	}
+	if err := writeMsg(st, resp.marshal()); err != nil {
+		o.dropIndex(s.localIndex)
+		return fmt.Errorf("send answer: %w", err)
+	}
+	// The session can receive from now on; it sends once confirmed.
+	p.learn(st.Conn(), init)
+	p.install(s, false)
+	msg, err = readMsg(br)
+	if err != nil {
+		return fmt.Errorf("read confirm: %w", err)
+	}
+	if len(msg) != 2 || msg[0] != wireVersion || msg[1] != helloConfirm {
+		o.drops.badHandshake.Add(1)
+		return errors.New("bad confirm message")
+	}
+	p.confirm(s)
+	o.log.Debug("session up", "peer", p.id, "role", "responder", "aead", suite)
+	return nil
+}
+
+// learn takes the peer's virtual addresses and its UDP endpoint (the
+// control connection's remote IP with the announced data port) from a
+// verified hello.
+func (p *Peer) learn(c network.Conn, h *hello) {
+	p.o.setAddrs(p, h.addrs)
+	if p.endpoint.Load() != nil {
+		return // the peer's datagrams told us where it is; keep that
+	}
+	ip, err := manet.ToIP(c.RemoteMultiaddr())
+	if err != nil {
+		return
+	}
+	if a, ok := netip.AddrFromSlice(ip); ok && h.dataPort != 0 {
+		p.setEndpoint(netip.AddrPortFrom(a.Unmap(), h.dataPort), "handshake")
+	}
+}
+
+func containsSuite(list []Suite, s Suite) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *session) setKeys(suite Suite, remoteIndex uint32, sendKey, recvKey []byte) error {
+	var err error
+	s.suite = suite
+	s.remoteIndex = remoteIndex
+	if s.send, err = newAEAD(suite, sendKey); err != nil {
+		return err
+	}
+	if s.recv, err = newAEAD(suite, recvKey); err != nil {
+		return err
+	}
+	return nil
+}
+
+// handleLinkStream answers a handshake a peer starts.
+func (o *Overlay) handleLinkStream(st network.Stream) {
+	defer st.Close()
+	p := o.peer(st.Conn().RemotePeer())
+	if err := p.respond(st); err != nil {
+		o.log.Warn("handshake refused", "peer", p.id, "err", err)
+		st.Reset()
+	}
+}
+
+// Handshake messages are framed with a two-byte length.
+func writeMsg(w io.Writer, msg []byte) error {
+	b := make([]byte, 2+len(msg))
+	binary.BigEndian.PutUint16(b, uint16(len(msg)))
+	copy(b[2:], msg)
+	_, err := w.Write(b)
+	return err
+}
+
+func readMsg(r io.Reader) ([]byte, error) {
+	var l [2]byte
+	if _, err := io.ReadFull(r, l[:]); err != nil {
+		return nil, err
+	}
+	n := int(binary.BigEndian.Uint16(l[:]))
+	if n > maxHelloLen {
+		return nil, fmt.Errorf("handshake message of %d bytes, at most %d", n, maxHelloLen)
+	}
+	b := make([]byte, n)
+	_, err := io.ReadFull(r, b)
+	return b, err
+}

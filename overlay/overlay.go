@@ -1,0 +1,298 @@
+// Package overlay carries a node's packets to other nodes.
+//
+// Each link has two planes. The control plane is a go-libp2p host (TCP and
+// QUIC, Noise): it authenticates peers by their identity keys and carries
+// the link handshake (handshake.go). The data plane is one UDP socket per
+// node: every IPv4 packet from the VM is sealed end to end under the
+// session keys and sent as one datagram (wire.go). When no UDP path gets
+// through, the same datagrams travel over a libp2p stream (stream.go).
+//
+// A packet's way out (send.go): TAP reader → Send → peer lookup by virtual
+// address → seal under the peer's current session → UDP or stream.
+// Its way in (receive.go): UDP or stream → header check → session lookup by
+// receiver index → open → replay window → source check → Deliver → TAP.
+// Each peer has one goroutine (link.go) that dials it, handshakes, rekeys,
+// pings it, and picks its path.
+package overlay
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+)
+
+// Protocol IDs of the control plane.
+const (
+	linkProtocol protocol.ID = "/ringnet/link/1.0.0"
+	dataProtocol protocol.ID = "/ringnet/data/1.0.0"
+)
+
+// Errors that callers of Send may branch on.
+var (
+	ErrNoRoute   = errors.New("no peer holds the destination address")
+	ErrNoSession = errors.New("no session with the peer yet")
+)
+
+var (
+	errAuth   = errors.New("datagram failed authentication")
+	errReplay = errors.New("datagram replayed or too old")
+)
+
+// Config configures an Overlay.
+type Config struct {
+	Identity crypto.PrivKey
+	// ControlAddrs are libp2p multiaddrs to listen on.
+	ControlAddrs []string
+	// DataAddr is the UDP data socket's address.
+	DataAddr netip.AddrPort
+	// VirtualAddrs are the virtual addresses this node's VM holds; peers
+	// learn them in the handshake.
+	VirtualAddrs []netip.Addr
+	// AEAD forces one suite; zero picks per link.
+	AEAD Suite
+	// Deliver is called for every IPv4 packet that arrives for the VM, with
+	// the packet at buf[HeaderLen:]. buf[:HeaderLen] is free for the
+	// caller's own header. Deliver must not keep buf after it returns.
+	Deliver func(buf []byte)
+	Logger  *slog.Logger
+}
+
+// Overlay is one node's set of links.
+type Overlay struct {
+	cfg  Config
+	log  *slog.Logger
+	host host.Host
+	udp  *net.UDPConn
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu      sync.RWMutex
+	peers   map[peer.ID]*Peer
+	byIndex map[uint32]*indexEntry
+	byAddr  map[netip.Addr]*Peer
+
+	drops dropCounters
+}
+
+type indexEntry struct {
+	peer    *Peer
+	session *session
+}
+
+// New starts the overlay's host and data socket. The overlay runs until
+// Close or until ctx ends.
+func New(ctx context.Context, cfg Config) (*Overlay, error) {
+	if cfg.Identity == nil {
+		return nil, errors.New("overlay: no identity")
+	}
+	if cfg.Deliver == nil {
+		return nil, errors.New("overlay: no Deliver function")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	udp, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(cfg.DataAddr))
+	if err != nil {
+		return nil, fmt.Errorf("data socket %v: %w", cfg.DataAddr, err)
+	}
+	h, err := newHost(cfg.Identity, cfg.ControlAddrs)
+	if err != nil {
+		udp.Close()
+		return nil, err
+	}
+	o := &Overlay{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		host:    h,
+		udp:     udp,
+		peers:   make(map[peer.ID]*Peer),
+		byIndex: make(map[uint32]*indexEntry),
+		byAddr:  make(map[netip.Addr]*Peer),
+	}
+	o.ctx, o.cancel = context.WithCancel(ctx)
+	h.SetStreamHandler(linkProtocol, o.handleLinkStream)
+	h.SetStreamHandler(dataProtocol, o.handleDataStream)
+	o.wg.Add(1)
+	go func() {
+		defer o.wg.Done()
+		o.receiveUDP()
+	}()
+	return o, nil
+}
+
+// ID is this node's peer ID.
+func (o *Overlay) ID() peer.ID { return o.host.ID() }
+
+// Host is the control-plane host.
+func (o *Overlay) Host() host.Host { return o.host }
+
+// DataAddr is the bound address of the UDP data socket.
+func (o *Overlay) DataAddr() netip.AddrPort {
+	return o.udp.LocalAddr().(*net.UDPAddr).AddrPort()
+}
+
+// AddPeer keeps a link to a statically configured peer: the overlay dials
+// it, and redials whenever the link goes down.
+func (o *Overlay) AddPeer(info peer.AddrInfo) error {
+	if info.ID == o.host.ID() {
+		return errors.New("a node cannot peer with itself")
+	}
+	o.host.Peerstore().AddAddrs(info.ID, info.Addrs, time.Duration(1<<62))
+	o.host.ConnManager().Protect(info.ID, "ringnet-link")
+	p := o.peer(info.ID)
+	p.mu.Lock()
+	p.static = true
+	p.mu.Unlock()
+	p.wake()
+	return nil
+}
+
+// peer returns the peer with id, starting its link loop on first sight.
+func (o *Overlay) peer(id peer.ID) *Peer {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if p, ok := o.peers[id]; ok {
+		return p
+	}
+	p := newPeer(o, id)
+	o.peers[id] = p
+	o.wg.Add(1)
+	go func() {
+		defer o.wg.Done()
+		p.run(o.ctx)
+	}()
+	return p
+}
+
+// Send seals one IPv4 packet to the node that holds dst. The packet is at
+// buf[HeaderLen:HeaderLen+n]; buf needs TagLen bytes of capacity past it.
+// Send overwrites buf.
+func (o *Overlay) Send(dst netip.Addr, buf []byte, n int) error {
+	o.mu.RLock()
+	p := o.byAddr[dst]
+	o.mu.RUnlock()
+	if p == nil {
+		o.drops.noRoute.Add(1)
+		return ErrNoRoute
+	}
+	return p.send(typeData, buf, n)
+}
+
+// Holds reports whether some peer announced addr.
+func (o *Overlay) Holds(addr netip.Addr) bool {
+	o.mu.RLock()
+	defer o.mu.RUnlock()
+	return o.byAddr[addr] != nil
+}
+
+// newIndex registers a session under a fresh random receiver index.
+func (o *Overlay) newIndex(p *Peer, s *session) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for {
+		var b [4]byte
+		rand.Read(b[:])
+		idx := binary.BigEndian.Uint32(b[:])
+		if idx == 0 || o.byIndex[idx] != nil {
+			continue
+		}
+		s.localIndex = idx
+		o.byIndex[idx] = &indexEntry{peer: p, session: s}
+		return
+	}
+}
+
+func (o *Overlay) dropIndex(idx uint32) {
+	o.mu.Lock()
+	delete(o.byIndex, idx)
+	o.mu.Unlock()
+}
+
+// setAddrs records the virtual addresses p announced.
+func (o *Overlay) setAddrs(p *Peer, addrs []netip.Addr) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for a, holder := range o.byAddr {
+		if holder == p && !slices.Contains(addrs, a) {
+			delete(o.byAddr, a)
+		}
+	}
+	for _, a := range addrs {
+		if old := o.byAddr[a]; old != nil && old != p {
+			o.log.Warn("virtual address moves to another peer", "addr", a, "from", old.id, "to", p.id)
+		}
+		o.byAddr[a] = p
+	}
+}
+
+// Close shuts the overlay down and waits for its goroutines.
+func (o *Overlay) Close() error {
+	o.cancel()
+	err := errors.Join(o.udp.Close(), o.host.Close())
+	o.wg.Wait()
+	return err
+}
+
+// PeerStatus is a snapshot of one link.
+type PeerStatus struct {
+	ID          peer.ID
+	Static      bool
+	Addrs       []netip.Addr
+	Path        Path
+	Endpoint    netip.AddrPort
+	Suite       Suite
+	RTT         time.Duration
+	SessionAge  time.Duration
+	Rekeys      uint64
+	TxPackets   uint64
+	TxBytes     uint64
+	RxPackets   uint64
+	RxBytes     uint64
+	Drops       uint64
+}
+
+// Peers reports every peer's link, sorted by peer ID.
+func (o *Overlay) Peers() []PeerStatus {
+	o.mu.RLock()
+	ps := make([]*Peer, 0, len(o.peers))
+	for _, p := range o.peers {
+		ps = append(ps, p)
+	}
+	o.mu.RUnlock()
+	out := make([]PeerStatus, 0, len(ps))
+	for _, p := range ps {
+		out = append(out, p.status())
+	}
+	slices.SortFunc(out, func(a, b PeerStatus) int {
+		return cmpString(string(a.ID), string(b.ID))
+	})
+	return out
+}
+
+func cmpString(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// Drops reports the datagrams refused, by reason.
+func (o *Overlay) Drops() map[string]uint64 { return o.drops.snapshot() }

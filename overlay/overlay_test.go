@@ -1,0 +1,275 @@
+package overlay
+
+import (
+	"context"
+	"encoding/binary"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// testNode is an overlay on loopback that records what it delivers.
+type testNode struct {
+	*Overlay
+	got chan []byte
+}
+
+func newTestNode(t *testing.T, vip string, suite Suite) *testNode {
+	t.Helper()
+	key, _, err := crypto.GenerateEd25519Key(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := &testNode{got: make(chan []byte, 1024)}
+	o, err := New(context.Background(), Config{
+		Identity:     key,
+		ControlAddrs: []string{"/ip4/127.0.0.1/tcp/0"},
+		DataAddr:     netip.MustParseAddrPort("127.0.0.1:0"),
+		VirtualAddrs: []netip.Addr{netip.MustParseAddr(vip)},
+		AEAD:         suite,
+		Deliver: func(buf []byte) {
+			n.got <- append([]byte(nil), buf[HeaderLen:]...)
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { o.Close() })
+	n.Overlay = o
+	return n
+}
+
+func link(t *testing.T, a, b *testNode) {
+	t.Helper()
+	if err := a.AddPeer(peer.AddrInfo{ID: b.ID(), Addrs: b.Host().Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "UDP path up both ways", func() bool {
+		return pathTo(a, b.ID()) == PathUDP && pathTo(b, a.ID()) == PathUDP
+	})
+}
+
+func pathTo(n *testNode, id peer.ID) Path {
+	for _, p := range n.Peers() {
+		if p.ID == id {
+			return p.Path
+		}
+	}
+	return PathNone
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// ipv4 builds a minimal IPv4 packet from src to dst with a payload.
+func ipv4(src, dst string, payload string) []byte {
+	p := make([]byte, 20+len(payload))
+	p[0] = 0x45
+	binary.BigEndian.PutUint16(p[2:], uint16(len(p)))
+	p[8] = 64
+	p[9] = 17
+	s, d := netip.MustParseAddr(src).As4(), netip.MustParseAddr(dst).As4()
+	copy(p[12:], s[:])
+	copy(p[16:], d[:])
+	copy(p[20:], payload)
+	return p
+}
+
+func sendPacket(t *testing.T, n *testNode, pkt []byte) {
+	t.Helper()
+	buf := make([]byte, HeaderLen+len(pkt)+TagLen)
+	copy(buf[HeaderLen:], pkt)
+	dst := netip.AddrFrom4([4]byte(pkt[16:20]))
+	if err := n.Send(dst, buf, len(pkt)); err != nil {
+		t.Fatalf("send: %v", err)
+	}
+}
+
+func expectPacket(t *testing.T, n *testNode, want []byte) {
+	t.Helper()
+	select {
+	case got := <-n.got:
+		if string(got) != string(want) {
+			t.Fatalf("delivered %x, want %x", got, want)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("packet not delivered")
+	}
+}
+
+func TestLinkCarriesPacketsBothWays(t *testing.T) {
+	for _, suite := range []Suite{SuiteAES256GCM, SuiteChaCha20Poly1305} {
+		t.Run(suite.String(), func(t *testing.T) {
+			a := newTestNode(t, "10.128.0.1", suite)
+			b := newTestNode(t, "10.128.0.2", suite)
+			link(t, a, b)
+			ab := ipv4("10.128.0.1", "10.128.0.2", "hello b")
+			sendPacket(t, a, ab)
+			expectPacket(t, b, ab)
+			ba := ipv4("10.128.0.2", "10.128.0.1", "hello a")
+			sendPacket(t, b, ba)
+			expectPacket(t, a, ba)
+			for _, p := range a.Peers() {
+				if p.Suite != suite {
+					t.Errorf("link uses %v, want %v", p.Suite, suite)
+				}
+			}
+		})
+	}
+}
+
+func TestNoRouteForUnknownAddress(t *testing.T) {
+	a := newTestNode(t, "10.128.0.1", 0)
+	buf := make([]byte, 64)
+	if err := a.Send(netip.MustParseAddr("10.128.0.9"), buf, 20); err != ErrNoRoute {
+		t.Fatalf("Send = %v, want ErrNoRoute", err)
+	}
+	if a.Drops()["no_route"] != 1 {
+		t.Fatalf("no_route counter = %d", a.Drops()["no_route"])
+	}
+}
+
+// capture sends one packet from a to b through a UDP socket that records
+// the sealed datagram, and returns the datagram and b's data address.
+func capture(t *testing.T, a, b *testNode) []byte {
+	t.Helper()
+	spy, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer spy.Close()
+	var pa *Peer
+	a.mu.RLock()
+	pa = a.peers[b.ID()]
+	a.mu.RUnlock()
+	real := *pa.endpoint.Load()
+	spyAddr := spy.LocalAddr().(*net.UDPAddr).AddrPort()
+	pa.endpoint.Store(&spyAddr)
+	defer pa.endpoint.Store(&real)
+	sendPacket(t, a, ipv4("10.128.0.1", "10.128.0.2", "captured"))
+	buf := make([]byte, 2048)
+	spy.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for {
+		n, err := spy.Read(buf)
+		if err != nil {
+			t.Fatalf("capture: %v", err)
+		}
+		if buf[1] == typeData {
+			return append([]byte(nil), buf[:n]...)
+		}
+	}
+}
+
+func TestReplayedAndTamperedDatagramsAreDropped(t *testing.T) {
+	a := newTestNode(t, "10.128.0.1", 0)
+	b := newTestNode(t, "10.128.0.2", 0)
+	link(t, a, b)
+	dgram := capture(t, a, b)
+	inject, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(b.DataAddr()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inject.Close()
+
+	// First delivery is genuine; the copy is a replay.
+	inject.Write(dgram)
+	expectPacket(t, b, ipv4("10.128.0.1", "10.128.0.2", "captured"))
+	inject.Write(dgram)
+	waitFor(t, "replay counted", func() bool { return b.Drops()["replayed"] == 1 })
+
+	tampered := append([]byte(nil), dgram...)
+	tampered[len(tampered)-20] ^= 1
+	inject.Write(tampered)
+	waitFor(t, "tampering counted", func() bool { return b.Drops()["auth_failed"] == 1 })
+
+	unknown := append([]byte(nil), dgram...)
+	unknown[4] ^= 0xff
+	inject.Write(unknown)
+	waitFor(t, "unknown index counted", func() bool { return b.Drops()["unknown_peer"] == 1 })
+
+	inject.Write(dgram[:10])
+	waitFor(t, "short datagram counted", func() bool { return b.Drops()["malformed"] == 1 })
+
+	select {
+	case got := <-b.got:
+		t.Fatalf("a refused datagram was delivered: %x", got)
+	case <-time.After(100 * time.Millisecond):
+	}
+}
+
+func TestSpoofedSourceIsDropped(t *testing.T) {
+	a := newTestNode(t, "10.128.0.1", 0)
+	b := newTestNode(t, "10.128.0.2", 0)
+	link(t, a, b)
+	sendPacket(t, a, ipv4("10.128.0.77", "10.128.0.2", "spoof"))
+	waitFor(t, "spoof counted", func() bool { return b.Drops()["spoofed_source"] == 1 })
+}
+
+func TestRekeyKeepsTrafficFlowing(t *testing.T) {
+	a := newTestNode(t, "10.128.0.1", 0)
+	b := newTestNode(t, "10.128.0.2", 0)
+	link(t, a, b)
+	var pa *Peer
+	a.mu.RLock()
+	pa = a.peers[b.ID()]
+	a.mu.RUnlock()
+	for i := range 3 {
+		before := pa.sendSession.Load()
+		pa.requestRekey("test")
+		waitFor(t, "new session", func() bool {
+			s := pa.sendSession.Load()
+			return s != nil && s != before
+		})
+		time.Sleep(minRekeyGap)
+		pkt := ipv4("10.128.0.1", "10.128.0.2", string(rune('a'+i)))
+		sendPacket(t, a, pkt)
+		expectPacket(t, b, pkt)
+		pkt = ipv4("10.128.0.2", "10.128.0.1", string(rune('A'+i)))
+		sendPacket(t, b, pkt)
+		expectPacket(t, a, pkt)
+	}
+	if r := a.Peers()[0].Rekeys; r < 3 {
+		t.Fatalf("rekeys = %d, want at least 3", r)
+	}
+}
+
+func TestStreamFallbackWhenUDPDoesNotGetThrough(t *testing.T) {
+	a := newTestNode(t, "10.128.0.1", 0)
+	b := newTestNode(t, "10.128.0.2", 0)
+	// A port where nothing listens: UDP pings are never answered, as behind
+	// a firewall that drops UDP.
+	dead, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadAddr := dead.LocalAddr().(*net.UDPAddr).AddrPort()
+	dead.Close()
+	a.peer(b.ID()).endpoint.Store(&deadAddr)
+	b.peer(a.ID()).endpoint.Store(&deadAddr)
+	if err := a.AddPeer(peer.AddrInfo{ID: b.ID(), Addrs: b.Host().Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "stream path both ways", func() bool {
+		return pathTo(a, b.ID()) == PathStream && pathTo(b, a.ID()) == PathStream
+	})
+	for i := range 50 {
+		pkt := ipv4("10.128.0.1", "10.128.0.2", string(rune('a'+i%26)))
+		sendPacket(t, a, pkt)
+		expectPacket(t, b, pkt)
+		pkt = ipv4("10.128.0.2", "10.128.0.1", string(rune('A'+i%26)))
+		sendPacket(t, b, pkt)
+		expectPacket(t, a, pkt)
+	}
+}

@@ -1,0 +1,145 @@
+package overlay
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"sync/atomic"
+)
+
+// maxDatagram is the largest datagram the receive path reads.
+const maxDatagram = 65535
+
+// receiveUDP reads the data socket until it closes.
+func (o *Overlay) receiveUDP() {
+	buf := make([]byte, maxDatagram)
+	for {
+		n, from, err := o.udp.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			o.log.Warn("data socket read", "err", err)
+			continue
+		}
+		o.receive(buf[:n], PathUDP, from, nil)
+	}
+}
+
+// receive handles one datagram. via says where it came from: for UDP, from
+// is its source; for the stream, sender is the authenticated peer it came
+// from, and datagrams that name another peer's session are refused.
+func (o *Overlay) receive(dgram []byte, via Path, from netip.AddrPort, sender *Peer) {
+	h, err := parseHeader(dgram)
+	if err != nil {
+		o.drops.malformed.Add(1)
+		return
+	}
+	o.mu.RLock()
+	e := o.byIndex[h.receiver]
+	o.mu.RUnlock()
+	if e == nil || (sender != nil && e.peer != sender) {
+		o.drops.unknownPeer.Add(1)
+		return
+	}
+	p, s := e.peer, e.session
+	if s.recv == nil {
+		o.drops.unknownPeer.Add(1) // handshake still in progress
+		return
+	}
+	pt, err := s.open(h, dgram)
+	switch {
+	case errors.Is(err, errAuth):
+		o.drops.auth.Add(1)
+		p.drops.Add(1)
+		return
+	case errors.Is(err, errReplay):
+		o.drops.replay.Add(1)
+		p.drops.Add(1)
+		return
+	}
+	// Authenticated: only now may the datagram move the peer's endpoint.
+	if via == PathUDP {
+		p.setEndpoint(from, "datagram from new address")
+	}
+	switch h.typ {
+	case typePing:
+		if len(pt) == pingLen {
+			var buf [HeaderLen + pingLen + TagLen]byte
+			copy(buf[HeaderLen:], pt)
+			p.answerPing(via, from, buf[:])
+		}
+	case typePong:
+		p.pong(pt, via)
+	case typeData:
+		if !p.holdsSource(pt) {
+			o.drops.spoofedSource.Add(1)
+			p.drops.Add(1)
+			return
+		}
+		p.rxPackets.Add(1)
+		p.rxBytes.Add(uint64(len(pt)))
+		o.cfg.Deliver(dgram[:HeaderLen+len(pt)])
+	}
+}
+
+// answerPing echoes a probe on the path it came by.
+func (p *Peer) answerPing(via Path, from netip.AddrPort, buf []byte) {
+	s := p.sendSession.Load()
+	if s == nil {
+		return
+	}
+	dgram, ok := s.seal(typePong, buf, pingLen)
+	if !ok {
+		return
+	}
+	switch via {
+	case PathUDP:
+		p.o.udp.WriteToUDPAddrPort(dgram, from)
+	case PathStream:
+		p.stream.send(dgram)
+	}
+}
+
+// holdsSource reports whether the packet's IPv4 source address is one the
+// peer announced, so that no member can send as another.
+func (p *Peer) holdsSource(pkt []byte) bool {
+	if len(pkt) < 20 || pkt[0]>>4 != 4 {
+		return false
+	}
+	src := netip.AddrFrom4([4]byte(pkt[12:16]))
+	p.o.mu.RLock()
+	defer p.o.mu.RUnlock()
+	return p.o.byAddr[src] == p
+}
+
+// dropCounters count datagrams and packets refused, by reason.
+type dropCounters struct {
+	malformed     atomic.Uint64
+	unknownPeer   atomic.Uint64
+	auth          atomic.Uint64
+	replay        atomic.Uint64
+	spoofedSource atomic.Uint64
+	noRoute       atomic.Uint64
+	noSession     atomic.Uint64
+	sendFailed    atomic.Uint64
+	badHandshake  atomic.Uint64
+	streamQueue   atomic.Uint64
+	badStream     atomic.Uint64
+}
+
+func (d *dropCounters) snapshot() map[string]uint64 {
+	return map[string]uint64{
+		"malformed":          d.malformed.Load(),
+		"unknown_peer":       d.unknownPeer.Load(),
+		"auth_failed":        d.auth.Load(),
+		"replayed":           d.replay.Load(),
+		"spoofed_source":     d.spoofedSource.Load(),
+		"no_route":           d.noRoute.Load(),
+		"no_session":         d.noSession.Load(),
+		"send_failed":        d.sendFailed.Load(),
+		"bad_handshake":      d.badHandshake.Load(),
+		"stream_queue_full":  d.streamQueue.Load(),
+		"bad_stream_framing": d.badStream.Load(),
+	}
+}

@@ -1,0 +1,158 @@
+package overlay
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net/netip"
+	"sync"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// The stream fallback carries the same sealed datagrams as UDP, each
+// framed by a two-byte length, on one libp2p stream per direction. It is
+// for peers that UDP cannot reach; TCP inside it suffers from head-of-line
+// blocking, which is why UDP is always preferred.
+
+// streamQueueLen bounds the datagrams waiting for a slow stream, so that
+// one slow peer cannot stall the node's sending to others.
+const streamQueueLen = 512
+
+// streamSender owns the outgoing data stream to one peer.
+type streamSender struct {
+	o  *Overlay
+	id peer.ID
+
+	mu      sync.Mutex
+	queue   chan []byte
+	running bool
+	closed  bool
+}
+
+func newStreamSender(o *Overlay, id peer.ID) *streamSender {
+	return &streamSender{o: o, id: id, queue: make(chan []byte, streamQueueLen)}
+}
+
+// send queues a copy of dgram, starting the writer if needed.
+func (s *streamSender) send(dgram []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return errLinkClosed
+	}
+	select {
+	case s.queue <- append([]byte(nil), dgram...):
+	default:
+		s.o.drops.streamQueue.Add(1)
+		return errStreamQueueFull
+	}
+	if !s.running {
+		s.running = true
+		s.o.wg.Add(1)
+		go func() {
+			defer s.o.wg.Done()
+			s.write()
+		}()
+	}
+	return nil
+}
+
+var (
+	errStreamQueueFull = errors.New("stream queue full")
+	errLinkClosed      = errors.New("link closed")
+)
+
+// write drains the queue into one stream until the stream fails or the
+// overlay stops; the next send starts a new stream.
+func (s *streamSender) write() {
+	defer func() {
+		s.mu.Lock()
+		s.running = false
+		s.mu.Unlock()
+	}()
+	ctx, cancel := context.WithTimeout(s.o.ctx, dialTimeout)
+	st, err := s.o.host.NewStream(ctx, s.id, dataProtocol)
+	cancel()
+	if err != nil {
+		s.o.log.Debug("data stream", "peer", s.id, "err", err)
+		s.drain()
+		return
+	}
+	defer st.Close()
+	w := bufio.NewWriterSize(st, 64<<10)
+	for {
+		select {
+		case <-s.o.ctx.Done():
+			return
+		case d := <-s.queue:
+			if err := writeFrame(w, d); err != nil {
+				st.Reset()
+				return
+			}
+			// Flush when nothing else waits, so that batching never
+			// delays a lone packet.
+			if len(s.queue) == 0 {
+				if err := w.Flush(); err != nil {
+					st.Reset()
+					return
+				}
+			}
+		}
+	}
+}
+
+// drain drops what is queued for a stream that could not open.
+func (s *streamSender) drain() {
+	for {
+		select {
+		case <-s.queue:
+			s.o.drops.sendFailed.Add(1)
+		default:
+			return
+		}
+	}
+}
+
+func (s *streamSender) close() {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+}
+
+func writeFrame(w io.Writer, d []byte) error {
+	var l [2]byte
+	binary.BigEndian.PutUint16(l[:], uint16(len(d)))
+	if _, err := w.Write(l[:]); err != nil {
+		return err
+	}
+	_, err := w.Write(d)
+	return err
+}
+
+// handleDataStream receives datagrams a peer sends over its data stream.
+func (o *Overlay) handleDataStream(st network.Stream) {
+	defer st.Close()
+	p := o.peer(st.Conn().RemotePeer())
+	r := bufio.NewReaderSize(st, 64<<10)
+	buf := make([]byte, maxDatagram)
+	var l [2]byte
+	for {
+		if _, err := io.ReadFull(r, l[:]); err != nil {
+			return
+		}
+		n := int(binary.BigEndian.Uint16(l[:]))
+		if n < HeaderLen+TagLen {
+			o.drops.badStream.Add(1)
+			st.Reset()
+			return
+		}
+		if _, err := io.ReadFull(r, buf[:n]); err != nil {
+			return
+		}
+		o.receive(buf[:n], PathStream, netip.AddrPort{}, p)
+	}
+}
