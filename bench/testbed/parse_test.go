@@ -39,7 +39,7 @@ rtt min/avg/max/mdev = 0.004/0.010/0.060/0.008 ms
 func TestParseIperf3(t *testing.T) {
 	got, err := ParseIperf3([]byte(`{"start":{},"end":{"sum_sent":{"bytes":2000,"retransmits":3},
 		"sum_received":{"seconds":3.01,"bytes":1900,"bits_per_second":5049.8}}}`))
-	want := IperfResult{Bytes: 1900, BitsPerSecond: 5049.8, Seconds: 3.01, Retransmits: 3}
+	want := IperfResult{Bytes: 1900, SentBytes: 2000, BitsPerSecond: 5049.8, Seconds: 3.01, Retransmits: 3}
 	if err != nil || got != want {
 		t.Errorf("ParseIperf3 = %+v, %v; want %+v", got, err, want)
 	}

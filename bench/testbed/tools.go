@@ -73,9 +73,11 @@ func (vm *VM) WaitReachable(ctx context.Context, addr string) error {
 	}
 }
 
-// IperfResult is what the receiver of an iperf3 test got.
+// IperfResult is what the receiver of an iperf3 test got, and what the
+// sender sent.
 type IperfResult struct {
-	Bytes         uint64
+	Bytes         uint64 // received
+	SentBytes     uint64
 	BitsPerSecond float64
 	Seconds       float64
 	// Retransmits is the sender's TCP retransmission count.
@@ -83,7 +85,7 @@ type IperfResult struct {
 }
 
 // ParseIperf3 reads `iperf3 -J` output: end.sum_received, and the
-// sender's retransmits.
+// sender's bytes and retransmits.
 func ParseIperf3(data []byte) (IperfResult, error) {
 	var doc struct {
 		Error string `json:"error"`
@@ -94,7 +96,8 @@ func ParseIperf3(data []byte) (IperfResult, error) {
 				BitsPerSecond float64 `json:"bits_per_second"`
 			} `json:"sum_received"`
 			SumSent struct {
-				Retransmits int `json:"retransmits"`
+				Bytes       uint64 `json:"bytes"`
+				Retransmits int    `json:"retransmits"`
 			} `json:"sum_sent"`
 		} `json:"end"`
 	}
@@ -108,7 +111,8 @@ func ParseIperf3(data []byte) (IperfResult, error) {
 		return IperfResult{}, errors.New("iperf3 -J: no end.sum_received")
 	}
 	s := doc.End.SumReceived
-	return IperfResult{Bytes: s.Bytes, BitsPerSecond: s.BitsPerSecond, Seconds: s.Seconds, Retransmits: doc.End.SumSent.Retransmits}, nil
+	return IperfResult{Bytes: s.Bytes, BitsPerSecond: s.BitsPerSecond, Seconds: s.Seconds,
+		SentBytes: doc.End.SumSent.Bytes, Retransmits: doc.End.SumSent.Retransmits}, nil
 }
 
 // StartIperf3Server starts `iperf3 -s` in the VM; with once, it serves a

@@ -1,0 +1,116 @@
+// Command ringbench runs ringnet's benchmarks in a test bed of network
+// namespaces (bench/testbed). It needs root. scripts/bench builds ringnet
+// and runs it:
+//
+//	./scripts/bench throughput
+//
+// Benchmarks:
+//
+//	throughput  single-stream TCP and ping RTT between two VMs at two public
+//	            sites, through the overlay and on the raw underlay path
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/ringnet/ringnet/bench/testbed"
+)
+
+func main() {
+	ringnet := flag.String("ringnet", "ringnet", "path of the ringnet binary")
+	runs := flag.Int("runs", 3, "iperf3 runs per path; the median is reported")
+	seconds := flag.Int("seconds", 10, "length of each iperf3 run")
+	pings := flag.Int("pings", 200, "pings per path for the RTT")
+	verbose := flag.Bool("v", false, "log the test bed's progress")
+	flag.Usage = func() {
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: ringbench [flags] BENCHMARK\n\nBenchmarks: throughput\n\nFlags:\n")
+		flag.PrintDefaults()
+	}
+	flag.Parse()
+	if flag.NArg() != 1 {
+		flag.Usage()
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	opts := testbed.Options{RingnetPath: *ringnet}
+	if *verbose {
+		opts.Logf = func(format string, args ...any) { fmt.Fprintf(os.Stderr, format+"\n", args...) }
+	}
+	var err error
+	switch name := flag.Arg(0); name {
+	case "throughput":
+		err = throughput(ctx, opts, *runs, *seconds, *pings)
+	default:
+		fmt.Fprintf(os.Stderr, "ringbench: no benchmark %q\n", name)
+		flag.Usage()
+		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "ringbench: %v\n", err)
+		stop()
+		os.Exit(1)
+	}
+}
+
+// newPair builds a bed with two VMs at two public sites whose nodes are
+// static peers of each other, and waits until the overlay carries a ping.
+// The caller closes the bed.
+func newPair(ctx context.Context, opts testbed.Options) (bed *testbed.Bed, a, b *testbed.VM, err error) {
+	bed, err = testbed.New(ctx, opts)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	defer func() {
+		if err != nil {
+			bed.DumpLogs(30)
+			bed.Close()
+		}
+	}()
+	var vms [2]*testbed.VM
+	for i, name := range []string{"a", "b"} {
+		site, err := bed.AddSite(ctx, "site"+name, testbed.NATNone)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		if vms[i], err = bed.AddVM(ctx, site, "vm"+name); err != nil {
+			return nil, nil, nil, err
+		}
+	}
+	a, b = vms[0], vms[1]
+	peerA, err := a.PeerEntry(ctx)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	peerB, err := b.PeerEntry(ctx)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if err := a.StartNode(ctx, pairConfig(vipA, peerB)); err != nil {
+		return nil, nil, nil, err
+	}
+	if err := b.StartNode(ctx, pairConfig(vipB, peerA)); err != nil {
+		return nil, nil, nil, err
+	}
+	upCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := a.WaitReachable(upCtx, vipB); err != nil {
+		return nil, nil, nil, fmt.Errorf("overlay never came up: %w", err)
+	}
+	return bed, a, b, nil
+}
+
+func errIf(cond bool, format string, args ...any) error {
+	if !cond {
+		return nil
+	}
+	return errors.New(fmt.Sprintf(format, args...))
+}
