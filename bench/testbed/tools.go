@@ -65,6 +65,9 @@ func (vm *VM) WaitReachable(ctx context.Context, addr string) error {
 		if err == nil && r.Received > 0 {
 			return nil
 		}
+		if err == nil {
+			err = errors.New("no reply")
+		}
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("vm %s: %s unreachable: %w (last: %v)", vm.name, addr, ctx.Err(), err)

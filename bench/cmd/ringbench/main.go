@@ -12,7 +12,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -28,7 +27,6 @@ func main() {
 	runs := flag.Int("runs", 3, "iperf3 runs per path; the median is reported")
 	seconds := flag.Int("seconds", 10, "length of each iperf3 run")
 	pings := flag.Int("pings", 200, "pings per path for the RTT")
-	verbose := flag.Bool("v", false, "log the test bed's progress")
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "usage: ringbench [flags] BENCHMARK\n\nBenchmarks: throughput\n\nFlags:\n")
 		flag.PrintDefaults()
@@ -41,9 +39,9 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	opts := testbed.Options{RingnetPath: *ringnet}
-	if *verbose {
-		opts.Logf = func(format string, args ...any) { fmt.Fprintf(os.Stderr, format+"\n", args...) }
+	opts := testbed.Options{
+		RingnetPath: *ringnet,
+		Logf:        func(format string, args ...any) { fmt.Fprintf(os.Stderr, format+"\n", args...) },
 	}
 	var err error
 	switch name := flag.Arg(0); name {
@@ -106,11 +104,4 @@ func newPair(ctx context.Context, opts testbed.Options) (bed *testbed.Bed, a, b 
 		return nil, nil, nil, fmt.Errorf("overlay never came up: %w", err)
 	}
 	return bed, a, b, nil
-}
-
-func errIf(cond bool, format string, args ...any) error {
-	if !cond {
-		return nil
-	}
-	return errors.New(fmt.Sprintf(format, args...))
 }

@@ -65,8 +65,8 @@ func throughput(ctx context.Context, opts testbed.Options, runs, seconds, pings 
 		fmt.Printf("%-7s ping avg %.3f ms (%d/%d replies)\n", p.name, r.AvgRTTMs, r.Received, r.Transmitted)
 	}
 	overlay, raw := median(gbps["overlay"]), median(gbps["raw"])
-	if err := errIf(raw == 0, "raw path measured 0 Gbit/s"); err != nil {
-		return err
+	if raw == 0 {
+		return fmt.Errorf("raw path measured 0 Gbit/s")
 	}
 	fmt.Printf("throughput: overlay_gbps=%.2f raw_gbps=%.2f ratio=%.3f overlay_rtt_ms=%.3f raw_rtt_ms=%.3f\n",
 		overlay, raw, overlay/raw, rtt["overlay"], rtt["raw"])
