@@ -16,8 +16,10 @@ import (
 // gateway plain IPv4 packets, which FromVM picks out of their frames for
 // the overlay; ToVM wraps packets from the overlay back into frames.
 //
-// Nothing here allocates on the forwarding path. FromVM is called by one
-// goroutine and ToVM by another; they share only atomics.
+// Forwarding allocates nothing: FromVM returns a subslice of the frame and
+// ToVM fills in the Ethernet header in place (only fragmenting allocates,
+// for the slice of fragments). FromVM is called by one goroutine and ToVM
+// by another; they share only atomics.
 
 // ReplyBufLen is a replyBuf size for FromVM that always fits a reply frame
 // and, with an MTU of at least 576, the fragments of any IPv4 packet (a
@@ -227,18 +229,19 @@ func (g *Gateway) learnVMMAC(src []byte) bool {
 	return true
 }
 
-// checkDstMAC returns the drop counter for a frame whose destination MAC
-// is neither the gateway's nor, if broadcastOK, broadcast; or -1.
-func (g *Gateway) checkDstMAC(dst []byte, broadcastOK bool) fromVMCounter {
+// acceptDstMAC reports whether a frame to dst is for the gateway: sent to
+// its MAC or, if broadcastOK, broadcast. If not, it returns the drop
+// counter that says why.
+func (g *Gateway) acceptDstMAC(dst []byte, broadcastOK bool) (fromVMCounter, bool) {
 	switch {
 	case [6]byte(dst) == g.gwMAC:
-		return -1
+		return 0, true
 	case broadcastOK && [6]byte(dst) == [6]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}:
-		return -1
+		return 0, true
 	case dst[0]&1 != 0:
-		return fromVMDropMulticast
+		return fromVMDropMulticast, false
 	default:
-		return fromVMDropNotForGateway
+		return fromVMDropNotForGateway, false
 	}
 }
 
@@ -259,7 +262,7 @@ const (
 
 // arpFromVM answers the VM's ARP request for an address some node holds.
 func (g *Gateway) arpFromVM(frame, replyBuf []byte) Result {
-	if c := g.checkDstMAC(frame[0:6], true); c >= 0 {
+	if c, ok := g.acceptDstMAC(frame[0:6], true); !ok {
 		return g.dropFromVM(c)
 	}
 	arp := frame[EthHeaderLen:]
@@ -322,7 +325,7 @@ func (g *Gateway) arpFromVM(frame, replyBuf []byte) Result {
 
 // ipv4FromVM takes an IPv4 packet for the overlay out of its frame.
 func (g *Gateway) ipv4FromVM(frame, replyBuf []byte) Result {
-	if c := g.checkDstMAC(frame[0:6], false); c >= 0 {
+	if c, ok := g.acceptDstMAC(frame[0:6], false); !ok {
 		return g.dropFromVM(c)
 	}
 	pkt, perr := checkIPv4(frame[EthHeaderLen:])
