@@ -89,33 +89,17 @@ func (p *pair) start(t *testing.T) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	peerA, err := p.a.PeerEntry(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	peerB, err := p.b.PeerEntry(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.a.StartNode(ctx, nodeConfig(vipA, peerB)); err != nil {
-		t.Fatal(err)
-	}
-	if err := p.b.StartNode(ctx, nodeConfig(vipB, peerA)); err != nil {
-		t.Fatal(err)
-	}
 	start := time.Now()
-	if err := p.a.WaitReachable(ctx, vipB); err != nil {
-		t.Fatalf("overlay never came up: %v", err)
+	err := testbed.StartMesh(ctx, node.Config{LogLevel: "debug"}, []*testbed.VM{p.a, p.b}, []string{vipA + "/16", vipB + "/16"})
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Logf("overlay up: %s reached %s through ringnet %v after both nodes were ready", p.a.Name(), vipB, time.Since(start).Round(time.Millisecond))
+	t.Logf("overlay up: %s reached %s through ringnet %v after the first node started", p.a.Name(), vipB, time.Since(start).Round(time.Millisecond))
 }
 
-func nodeConfig(vip string, peers ...node.Peer) node.Config {
-	return node.Config{
-		LogLevel: "debug",
-		TAP:      node.TAPConfig{Address: vip + "/16"},
-		Peers:    peers,
-	}
+// nodeConfig is the config of a node without peers.
+func nodeConfig(vip string) node.Config {
+	return node.Config{LogLevel: "debug", TAP: node.TAPConfig{Address: vip + "/16"}}
 }
 
 // iperf runs a TCP transfer from client to a one-off iperf3 server on

@@ -209,3 +209,46 @@ func (vm *VM) RestartNode(ctx context.Context) error {
 	}
 	return vm.StartNode(ctx, cfg)
 }
+
+// StartMesh starts a node on each VM with virtual address vips[i] (with its
+// prefix length, such as "10.128.0.1/16") and every other VM as a static
+// peer, the rest of the config from base; then it waits until the first VM
+// reaches each of the others through the overlay, for at most 30 s if ctx
+// has no deadline.
+func StartMesh(ctx context.Context, base node.Config, vms []*VM, vips []string) error {
+	if len(vms) != len(vips) {
+		return fmt.Errorf("start mesh: %d VMs but %d virtual addresses", len(vms), len(vips))
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, readyTimeout)
+		defer cancel()
+	}
+	peers := make([]node.Peer, len(vms))
+	for i, vm := range vms {
+		var err error
+		if peers[i], err = vm.PeerEntry(ctx); err != nil {
+			return err
+		}
+	}
+	for i, vm := range vms {
+		cfg := base
+		cfg.TAP.Address = vips[i]
+		cfg.Peers = nil
+		for j, p := range peers {
+			if j != i {
+				cfg.Peers = append(cfg.Peers, p)
+			}
+		}
+		if err := vm.StartNode(ctx, cfg); err != nil {
+			return err
+		}
+	}
+	for _, vip := range vips[1:] {
+		addr, _, _ := strings.Cut(vip, "/")
+		if err := vms[0].WaitReachable(ctx, addr); err != nil {
+			return fmt.Errorf("overlay never came up: %w", err)
+		}
+	}
+	return nil
+}

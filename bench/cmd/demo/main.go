@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
 	"github.com/ringnet/ringnet/bench/testbed"
 	"github.com/ringnet/ringnet/node"
@@ -20,7 +19,6 @@ import (
 type member struct {
 	name, site, vip string
 	vm              *testbed.VM
-	peer            node.Peer
 }
 
 func main() {
@@ -65,25 +63,23 @@ func run(ctx context.Context, ringnet, runID string) error {
 		if m.vm, err = bed.AddVM(ctx, site, m.name); err != nil {
 			return err
 		}
-		if m.peer, err = m.vm.PeerEntry(ctx); err != nil {
+		id, err := m.vm.PeerID(ctx)
+		if err != nil {
 			return err
 		}
-		say("  VM %-5s at site %-5s: underlay address %v, ringnet peer ID %s", m.name, m.site, m.vm.UnderlayIP(), m.peer.ID)
+		say("  VM %-5s at site %-5s: underlay address %v, ringnet peer ID %s", m.name, m.site, m.vm.UnderlayIP(), id)
 	}
 
 	say("\nStarting a ringnet node in each VM, with the other two as static peers.")
+	vms, vips := make([]*testbed.VM, len(members)), make([]string, len(members))
+	for i, m := range members {
+		vms[i], vips[i] = m.vm, m.vip+"/16"
+	}
+	if err := testbed.StartMesh(ctx, node.Config{}, vms, vips); err != nil {
+		bed.DumpLogs(30)
+		return err
+	}
 	for _, m := range members {
-		var peers []node.Peer
-		for _, o := range members {
-			if o != m {
-				peers = append(peers, o.peer)
-			}
-		}
-		cfg := node.Config{TAP: node.TAPConfig{Address: m.vip + "/16"}, Peers: peers}
-		if err := m.vm.StartNode(ctx, cfg); err != nil {
-			bed.DumpLogs(30)
-			return err
-		}
 		say("  %-5s: node up, TAP device %s with virtual address %s/16 (log: %s)", m.name, testbed.TAPName, m.vip, m.vm.LogPath())
 	}
 
@@ -92,13 +88,6 @@ func run(ctx context.Context, ringnet, runID string) error {
 		for _, o := range members {
 			if o == m {
 				continue
-			}
-			upCtx, cancel := context.WithTimeout(ctx, 20*time.Second)
-			err := m.vm.WaitReachable(upCtx, o.vip)
-			cancel()
-			if err != nil {
-				bed.DumpLogs(30)
-				return err
 			}
 			r, err := m.vm.Ping(ctx, o.vip, "-c", "3", "-i", "0.2", "-W", "2")
 			if err != nil {

@@ -17,9 +17,9 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
 	"github.com/ringnet/ringnet/bench/testbed"
+	"github.com/ringnet/ringnet/node"
 )
 
 func main() {
@@ -83,25 +83,8 @@ func newPair(ctx context.Context, opts testbed.Options) (bed *testbed.Bed, a, b 
 			return nil, nil, nil, err
 		}
 	}
-	a, b = vms[0], vms[1]
-	peerA, err := a.PeerEntry(ctx)
-	if err != nil {
+	if err := testbed.StartMesh(ctx, node.Config{}, vms[:], []string{vipA + "/16", vipB + "/16"}); err != nil {
 		return nil, nil, nil, err
 	}
-	peerB, err := b.PeerEntry(ctx)
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	if err := a.StartNode(ctx, pairConfig(vipA, peerB)); err != nil {
-		return nil, nil, nil, err
-	}
-	if err := b.StartNode(ctx, pairConfig(vipB, peerA)); err != nil {
-		return nil, nil, nil, err
-	}
-	upCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	if err := a.WaitReachable(upCtx, vipB); err != nil {
-		return nil, nil, nil, fmt.Errorf("overlay never came up: %w", err)
-	}
-	return bed, a, b, nil
+	return bed, vms[0], vms[1], nil
 }

@@ -7,7 +7,6 @@ import (
 	"strconv"
 
 	"github.com/ringnet/ringnet/bench/testbed"
-	"github.com/ringnet/ringnet/node"
 )
 
 // Virtual addresses of the pair's nodes.
@@ -15,13 +14,6 @@ const (
 	vipA = "10.128.0.1"
 	vipB = "10.128.0.2"
 )
-
-func pairConfig(vip string, peer node.Peer) node.Config {
-	return node.Config{
-		TAP:   node.TAPConfig{Address: vip + "/16"},
-		Peers: []node.Peer{peer},
-	}
-}
 
 // throughput measures single-stream TCP (median of runs iperf3 runs) and
 // ping RTT from VM a to VM b, through the overlay and between the same VMs'
