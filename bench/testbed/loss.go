@@ -46,11 +46,13 @@ func (b *Bed) SetLoss(ctx context.Context, vm *VM, share float64) error {
 func (b *Bed) MeasuredLoss(ctx context.Context, vm *VM) (dropped, total uint64, share float64, err error) {
 	vm.mu.Lock()
 	loss, site, port := vm.loss, vm.site, vm.port
+	if loss != nil {
+		dropped, total = loss.dropped, loss.all
+	}
 	vm.mu.Unlock()
 	if loss == nil {
 		return 0, 0, 0, fmt.Errorf("measured loss on %s: SetLoss was not called", vm.name)
 	}
-	dropped, total = loss.dropped, loss.all
 	for _, t := range []struct{ ns, table string }{{vm.ns, vmLossTable}, {site.ns, siteLossTable(port)}} {
 		d, n, err := readLossCounters(ctx, t.ns, t.table)
 		if err != nil {
