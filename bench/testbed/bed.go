@@ -15,8 +15,8 @@
 //	NATed site i LAN    192.168.i.0/24, router .1, unknown to the core
 //	VMs                 .10 and up on their site's LAN
 //
-// Every name (namespaces, links, nftables tables) starts with the bed's run
-// ID, so beds of concurrent runs never collide, and Close removes all of it.
+// Every namespace and link name starts with the bed's run ID, so beds of
+// concurrent runs never collide, and Close removes all of it.
 package testbed
 
 import (
