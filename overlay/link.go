@@ -79,9 +79,9 @@ type Peer struct {
 	rtt           time.Duration
 	pendingProbes map[uint64]bool
 
-	rekeys                                   atomic.Uint64
-	txPackets, txBytes, rxPackets, rxBytes   atomic.Uint64
-	drops                                    atomic.Uint64
+	rekeys                                 atomic.Uint64
+	txPackets, txBytes, rxPackets, rxBytes atomic.Uint64
+	drops                                  atomic.Uint64
 }
 
 func newPeer(o *Overlay, id peer.ID) *Peer {

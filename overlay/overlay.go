@@ -250,20 +250,20 @@ func (o *Overlay) Close() error {
 
 // PeerStatus is a snapshot of one link.
 type PeerStatus struct {
-	ID          peer.ID
-	Static      bool
-	Addrs       []netip.Addr
-	Path        Path
-	Endpoint    netip.AddrPort
-	Suite       Suite
-	RTT         time.Duration
-	SessionAge  time.Duration
-	Rekeys      uint64
-	TxPackets   uint64
-	TxBytes     uint64
-	RxPackets   uint64
-	RxBytes     uint64
-	Drops       uint64
+	ID         peer.ID
+	Static     bool
+	Addrs      []netip.Addr
+	Path       Path
+	Endpoint   netip.AddrPort
+	Suite      Suite
+	RTT        time.Duration
+	SessionAge time.Duration
+	Rekeys     uint64
+	TxPackets  uint64
+	TxBytes    uint64
+	RxPackets  uint64
+	RxBytes    uint64
+	Drops      uint64
 }
 
 // Peers reports every peer's link, sorted by peer ID.

@@ -1,0 +1,234 @@
+// Command ringnet runs and inspects a ringnet node.
+//
+//	ringnet up --config FILE          run a node until SIGINT or SIGTERM
+//	ringnet id [--config FILE | --state-dir DIR]
+//	ringnet status [--json] [--config FILE | --state-dir DIR]
+//	ringnet version
+//
+// Exit status: 0 on success, 1 on a runtime failure, 2 on bad usage or a
+// bad config.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/ringnet/ringnet/node"
+	"github.com/ringnet/ringnet/overlay"
+)
+
+const usage = `usage:
+  ringnet up --config FILE
+  ringnet id [--config FILE | --state-dir DIR]
+  ringnet status [--json] [--config FILE | --state-dir DIR]
+  ringnet version
+`
+
+// usageError makes main exit with status 2.
+type usageError struct{ error }
+
+func main() {
+	err := run(os.Args[1:], os.Stdout, os.Stderr)
+	if err == nil {
+		return
+	}
+	fmt.Fprintf(os.Stderr, "ringnet: %v\n", err)
+	var ue usageError
+	var ce *node.ConfigError
+	if errors.As(err, &ue) || errors.As(err, &ce) {
+		os.Exit(2)
+	}
+	os.Exit(1)
+}
+
+func run(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return usageError{errors.New("no command")}
+	}
+	cmd, args := args[0], args[1:]
+	switch cmd {
+	case "up":
+		return up(args, stderr)
+	case "id":
+		return id(args, stdout)
+	case "status":
+		return status(args, stdout)
+	case "version":
+		fmt.Fprintln(stdout, "ringnet", node.Version)
+		return nil
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	fmt.Fprint(stderr, usage)
+	return usageError{fmt.Errorf("unknown command %q", cmd)}
+}
+
+// stateFlags are the flags by which a command finds a node's state
+// directory: many nodes share one file system in tests, so there is no
+// single default.
+type stateFlags struct {
+	config, stateDir string
+}
+
+func (s *stateFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&s.config, "config", "", "node config `file`")
+	fs.StringVar(&s.stateDir, "state-dir", "", "node state `directory`")
+}
+
+func (s *stateFlags) dir() (string, error) {
+	switch {
+	case s.config != "" && s.stateDir != "":
+		return "", usageError{errors.New("give --config or --state-dir, not both")}
+	case s.stateDir != "":
+		return s.stateDir, nil
+	case s.config != "":
+		cfg, err := node.LoadConfig(s.config)
+		if err != nil {
+			return "", err
+		}
+		return cfg.StateDir, nil
+	}
+	return node.DefaultStateDir, nil
+}
+
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	fs.SetOutput(io.Discard)
+	if err := fs.Parse(args); err != nil {
+		return usageError{fmt.Errorf("%s: %w", fs.Name(), err)}
+	}
+	if fs.NArg() > 0 {
+		return usageError{fmt.Errorf("%s: unexpected argument %q", fs.Name(), fs.Arg(0))}
+	}
+	return nil
+}
+
+func up(args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("up", flag.ContinueOnError)
+	configPath := fs.String("config", "", "node config `file`")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *configPath == "" {
+		return usageError{errors.New("up: --config is required")}
+	}
+	cfg, err := node.LoadConfig(*configPath)
+	if err != nil {
+		return err
+	}
+	var level slog.Level
+	level.UnmarshalText([]byte(cfg.LogLevel)) // validated
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	n, err := node.New(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	<-ctx.Done()
+	log.Info("shutting down")
+	n.Wait()
+	return nil
+}
+
+func id(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("id", flag.ContinueOnError)
+	var sf stateFlags
+	sf.register(fs)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	dir, err := sf.dir()
+	if err != nil {
+		return err
+	}
+	key, err := overlay.LoadOrCreateIdentity(dir)
+	if err != nil {
+		return err
+	}
+	pid, err := peer.IDFromPrivateKey(key)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, pid)
+	return nil
+}
+
+func status(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	var sf stateFlags
+	sf.register(fs)
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	dir, err := sf.dir()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := node.FetchStatus(ctx, dir)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(st)
+	}
+	printStatus(stdout, st)
+	return nil
+}
+
+func printStatus(w io.Writer, st *node.Status) {
+	fmt.Fprintf(w, "ringnet %s\n", st.Version)
+	fmt.Fprintf(w, "peer ID:     %s\n", st.PeerID)
+	fmt.Fprintf(w, "virtual IP:  %s (subnet %s)\n", st.VirtualIP, st.Subnet)
+	fmt.Fprintf(w, "TAP:         %s, MTU %d, gateway MAC %s\n", st.TAP.Name, st.TAP.MTU, st.TAP.GatewayMAC)
+	fmt.Fprintf(w, "data socket: %s\n", st.DataAddr)
+	for _, a := range st.Addresses {
+		fmt.Fprintf(w, "listening:   %s\n", a)
+	}
+	fmt.Fprintf(w, "\npeers: %d\n", len(st.Peers))
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "PEER\tVIRTUAL IP\tLINK\tPATH\tENDPOINT\tAEAD\tHOPS\tRTT\tTX PKTS\tTX BYTES\tRX PKTS\tRX BYTES\tDROPS")
+	for _, p := range st.Peers {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%.3f ms\t%d\t%d\t%d\t%d\t%d\n",
+			shortID(p.PeerID), p.VirtualIP, p.Link, p.Path, p.Endpoint, p.AEAD, p.Hops,
+			p.RTTMs, p.TxPackets, p.TxBytes, p.RxPackets, p.RxBytes, p.Drops)
+	}
+	tw.Flush()
+	var drops []string
+	for k, v := range st.Drops {
+		if v > 0 {
+			drops = append(drops, fmt.Sprintf("%s=%d", k, v))
+		}
+	}
+	if len(drops) > 0 {
+		fmt.Fprintf(w, "\ndropped datagrams: %v\n", drops)
+	}
+}
+
+// shortID keeps a peer ID readable in a table: its last 8 characters are
+// what tells peers apart.
+func shortID(id string) string {
+	if len(id) <= 12 {
+		return id
+	}
+	return "…" + id[len(id)-8:]
+}

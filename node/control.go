@@ -1,0 +1,157 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"time"
+)
+
+// The control socket serves the node's status as JSON over HTTP on a unix
+// socket in the state directory. Only root (or the node's user) can reach
+// it: the socket is mode 0600.
+
+type controlServer struct {
+	path string
+	ln   net.Listener
+	srv  *http.Server
+}
+
+// listenControl claims the control socket. A socket that still answers
+// belongs to a running node, which this one must not disturb; one that
+// does not answer is left over from a crash and is replaced.
+func listenControl(path string) (*controlServer, error) {
+	if _, err := os.Stat(path); err == nil {
+		c, err := net.DialTimeout("unix", path, time.Second)
+		if err == nil {
+			c.Close()
+			return nil, fmt.Errorf("another node is running with this state directory (%s answers)", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("remove stale control socket: %w", err)
+		}
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	return &controlServer{path: path, ln: ln}, nil
+}
+
+func (c *controlServer) serve(status func() Status) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(status())
+	})
+	c.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	c.srv.Serve(c.ln)
+}
+
+func (c *controlServer) close() error {
+	var err error
+	if c.srv != nil {
+		err = c.srv.Close()
+	} else {
+		err = c.ln.Close()
+	}
+	if rmErr := os.Remove(c.path); rmErr != nil && !errors.Is(rmErr, os.ErrNotExist) {
+		err = errors.Join(err, rmErr)
+	}
+	if errors.Is(err, net.ErrClosed) {
+		err = nil
+	}
+	return err
+}
+
+// FetchStatus asks the node running with stateDir for its status.
+func FetchStatus(ctx context.Context, stateDir string) (*Status, error) {
+	path := ControlSocketIn(stateDir)
+	client := &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		},
+	}}
+	req, err := http.NewRequestWithContext(ctx, "GET", "http://ringnet/status", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("no node answers on %s (is `ringnet up` running with this state directory?): %w", path, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+		return nil, fmt.Errorf("status: %s: %s", resp.Status, b)
+	}
+	var st Status
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return nil, fmt.Errorf("status: %w", err)
+	}
+	return &st, nil
+}
+
+// Status reports the node's state.
+func (n *Node) Status() Status {
+	st := Status{
+		Version:   Version,
+		PeerID:    n.ov.ID().String(),
+		DataAddr:  n.ov.DataAddr().String(),
+		VirtualIP: n.prefix.Addr().String(),
+		Subnet:    n.prefix.Masked().String(),
+		TAP: TAPStatus{
+			Name:       n.dev.Name(),
+			MTU:        n.mtu,
+			GatewayMAC: n.gwMAC.String(),
+			Counters:   n.gw.Counters(),
+		},
+		Drops: n.ov.Drops(),
+		Peers: []PeerStatus{},
+	}
+	for _, a := range n.ov.Host().Addrs() {
+		st.Addresses = append(st.Addresses, a.String()+"/p2p/"+n.ov.ID().String())
+	}
+	for _, p := range n.ov.Peers() {
+		ps := PeerStatus{
+			PeerID:      p.ID.String(),
+			Link:        "static",
+			Path:        p.Path.String(),
+			Hops:        1,
+			RTTMs:       float64(p.RTT.Microseconds()) / 1000,
+			SessionAgeS: p.SessionAge.Seconds(),
+			Rekeys:      p.Rekeys,
+			TxPackets:   p.TxPackets,
+			TxBytes:     p.TxBytes,
+			RxPackets:   p.RxPackets,
+			RxBytes:     p.RxBytes,
+			Drops:       p.Drops,
+		}
+		if !p.Static {
+			ps.Link = "inbound"
+		}
+		if len(p.Addrs) > 0 {
+			ps.VirtualIP = p.Addrs[0].String()
+		}
+		if p.Endpoint.IsValid() {
+			ps.Endpoint = p.Endpoint.String()
+		}
+		if p.Suite != 0 {
+			ps.AEAD = p.Suite.String()
+		}
+		st.Peers = append(st.Peers, ps)
+	}
+	return st
+}

@@ -1,0 +1,267 @@
+// Package node wires one ringnet node together: the VM's TAP device and
+// virtual gateway, the overlay that carries its packets, and the control
+// socket that `ringnet status` reads.
+package node
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/multiformats/go-multiaddr"
+
+	"github.com/ringnet/ringnet/overlay"
+	"github.com/ringnet/ringnet/tap"
+)
+
+// Version is the ringnet release.
+const Version = "0.1.0-dev"
+
+// TAPMTU is the largest IPv4 packet that fits one datagram on an underlay
+// with the given MTU: the VM's interface MTU, which DHCP will hand out.
+func TAPMTU(underlayMTU int) int {
+	return underlayMTU - overlay.UDPIPv4Overhead - overlay.Overhead
+}
+
+// Option changes how New builds a node.
+type Option func(*options)
+
+type options struct {
+	device tap.Device
+	vmMAC  net.HardwareAddr
+}
+
+// WithDevice runs the node over dev (an in-memory device in tests) instead
+// of creating a TAP device; vmMAC is the MAC of the VM's side.
+func WithDevice(dev tap.Device, vmMAC net.HardwareAddr) Option {
+	return func(o *options) { o.device, o.vmMAC = dev, vmMAC }
+}
+
+// Node is one running ringnet node.
+type Node struct {
+	cfg    *Config
+	log    *slog.Logger
+	key    crypto.PrivKey
+	prefix netip.Prefix
+	mtu    int
+	dev    tap.Device
+	gw     *tap.Gateway
+	ov     *overlay.Overlay
+	ctl    *controlServer
+	gwMAC  net.HardwareAddr
+
+	wg sync.WaitGroup
+}
+
+// New starts a node: it opens the identity, the TAP device, the overlay and
+// the control socket, and links to the configured peers. The node runs
+// until ctx ends; then Wait returns.
+func New(ctx context.Context, cfg *Config, log *slog.Logger, opts ...Option) (*Node, error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	prefix, err := cfg.VirtualPrefix()
+	if err != nil {
+		return nil, err
+	}
+	key, err := overlay.LoadOrCreateIdentity(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	id, err := peer.IDFromPrivateKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("peer ID: %w", err)
+	}
+	n := &Node{
+		cfg:    cfg,
+		log:    log,
+		key:    key,
+		prefix: prefix,
+		mtu:    TAPMTU(cfg.TAP.UnderlayMTU),
+		gwMAC:  gatewayMAC(id),
+	}
+	// Claim the control socket first: a second node on the same state
+	// directory (a cloned VM, a double start) must stop here, before it
+	// touches the TAP or the network.
+	ctl, err := listenControl(cfg.ControlSocket())
+	if err != nil {
+		return nil, err
+	}
+	n.ctl = ctl
+	ok := false
+	defer func() {
+		if !ok {
+			n.close()
+		}
+	}()
+
+	vmMAC := o.vmMAC
+	if o.device != nil {
+		n.dev = o.device
+	} else {
+		tcfg := tap.Config{Name: cfg.TAP.Name, MTU: n.mtu}
+		if *cfg.TAP.ConfigureAddress {
+			tcfg.Addr = prefix
+		}
+		dev, err := tap.Open(tcfg)
+		if err != nil {
+			return nil, fmt.Errorf("open TAP %s: %w", cfg.TAP.Name, err)
+		}
+		n.dev = dev
+		vmMAC = dev.MAC()
+	}
+
+	dataAddr, _ := netip.ParseAddrPort(cfg.Listen.Data) // validated
+	n.ov, err = overlay.New(ctx, overlay.Config{
+		Identity:     key,
+		ControlAddrs: cfg.Listen.Control,
+		DataAddr:     dataAddr,
+		VirtualAddrs: []netip.Addr{prefix.Addr()},
+		Deliver:      n.deliver,
+		Logger:       log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	n.gw, err = tap.NewGateway(tap.GatewayConfig{
+		Addr:       prefix,
+		GatewayMAC: n.gwMAC,
+		VMMAC:      vmMAC,
+		MTU:        n.mtu,
+		Holds:      n.ov.Holds,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	for i, p := range cfg.Peers {
+		info, err := peerInfo(p)
+		if err != nil {
+			return nil, fieldErr(fmt.Sprintf("peer[%d]", i), "%v", err)
+		}
+		if err := n.ov.AddPeer(info); err != nil {
+			return nil, fieldErr(fmt.Sprintf("peer[%d]", i), "%v", err)
+		}
+	}
+
+	n.wg.Add(2)
+	go func() {
+		defer n.wg.Done()
+		n.readTAP()
+	}()
+	go func() {
+		defer n.wg.Done()
+		n.ctl.serve(n.Status)
+	}()
+	context.AfterFunc(ctx, func() { n.close() })
+	ok = true
+	log.Info("node up", "peer_id", id, "virtual_ip", prefix, "tap", n.dev.Name(),
+		"mtu", n.mtu, "data", n.ov.DataAddr(), "control", n.ov.Host().Addrs())
+	return n, nil
+}
+
+// Wait blocks until the node has stopped.
+func (n *Node) Wait() { n.wg.Wait() }
+
+// ID is the node's peer ID.
+func (n *Node) ID() peer.ID { return n.ov.ID() }
+
+// Overlay is the node's overlay.
+func (n *Node) Overlay() *overlay.Overlay { return n.ov }
+
+// close releases everything New acquired; it runs once, when ctx ends or
+// New fails part-way.
+func (n *Node) close() {
+	var errs []error
+	if n.ov != nil {
+		errs = append(errs, n.ov.Close())
+	}
+	if n.dev != nil {
+		errs = append(errs, n.dev.Close())
+	}
+	if n.ctl != nil {
+		errs = append(errs, n.ctl.close())
+	}
+	if err := errors.Join(errs...); err != nil {
+		n.log.Warn("shutdown", "err", err)
+	}
+}
+
+// readTAP is the outbound loop: frames from the VM go through the gateway,
+// and the IPv4 packets it picks out go to the overlay. The frame is read
+// two bytes into buf so that its IPv4 packet starts at overlay.HeaderLen,
+// where the overlay seals it in place.
+func (n *Node) readTAP() {
+	const off = overlay.HeaderLen - tap.EthHeaderLen
+	buf := make([]byte, off+65536+overlay.TagLen)
+	reply := make([]byte, tap.ReplyBufLen)
+	fragBuf := make([]byte, overlay.HeaderLen+65536+overlay.TagLen)
+	for {
+		fn, err := n.dev.ReadFrame(buf[off : len(buf)-overlay.TagLen])
+		if err != nil {
+			if !errors.Is(err, os.ErrClosed) {
+				n.log.Debug("TAP read ends", "err", err)
+			}
+			return
+		}
+		r := n.gw.FromVM(buf[off:off+fn], reply)
+		switch r.Verdict {
+		case tap.Forward:
+			n.ov.Send(r.Dst, buf, len(r.Packet))
+		case tap.ForwardFragments:
+			for _, f := range r.Fragments {
+				copy(fragBuf[overlay.HeaderLen:], f)
+				n.ov.Send(r.Dst, fragBuf, len(f))
+			}
+		case tap.Reply:
+			if err := n.dev.WriteFrame(r.Reply); err != nil {
+				n.log.Debug("TAP write", "err", err)
+			}
+		}
+	}
+}
+
+// deliver writes a packet from the overlay to the VM. The packet sits at
+// buf[overlay.HeaderLen:]; the gateway puts the Ethernet header in front.
+func (n *Node) deliver(buf []byte) {
+	frame, ok := n.gw.ToVM(buf[overlay.HeaderLen-tap.EthHeaderLen:])
+	if !ok {
+		return
+	}
+	if err := n.dev.WriteFrame(frame); err != nil {
+		n.log.Debug("TAP write", "err", err)
+	}
+}
+
+// gatewayMAC derives the gateway's MAC from the peer ID: stable across
+// restarts, locally administered and unicast.
+func gatewayMAC(id peer.ID) net.HardwareAddr {
+	sum := sha256.Sum256([]byte(id))
+	mac := net.HardwareAddr(sum[:6])
+	mac[0] = mac[0]&^0x01 | 0x02
+	return mac
+}
+
+func peerInfo(p Peer) (peer.AddrInfo, error) {
+	id, err := peer.Decode(p.ID)
+	if err != nil {
+		return peer.AddrInfo{}, err
+	}
+	info := peer.AddrInfo{ID: id}
+	for _, a := range p.Addrs {
+		ma, err := multiaddr.NewMultiaddr(a)
+		if err != nil {
+			return peer.AddrInfo{}, err
+		}
+		info.Addrs = append(info.Addrs, ma)
+	}
+	return info, nil
+}
