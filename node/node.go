@@ -122,12 +122,13 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger, opts ...Option) (*N
 
 	dataAddr, _ := netip.ParseAddrPort(cfg.Listen.Data) // validated
 	n.ov, err = overlay.New(ctx, overlay.Config{
-		Identity:     key,
-		ControlAddrs: cfg.Listen.Control,
-		DataAddr:     dataAddr,
-		VirtualAddrs: []netip.Addr{prefix.Addr()},
-		Deliver:      n.deliver,
-		Logger:       log,
+		Identity:       key,
+		ControlAddrs:   cfg.Listen.Control,
+		DataAddr:       dataAddr,
+		VirtualAddrs:   []netip.Addr{prefix.Addr()},
+		VirtualSubnets: []netip.Prefix{prefix.Masked()},
+		Deliver:        n.deliver,
+		Logger:         log,
 	})
 	if err != nil {
 		return nil, err

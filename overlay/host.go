@@ -2,20 +2,29 @@ package overlay
 
 import (
 	"fmt"
+	"net/netip"
+	"slices"
 
 	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/control"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
 	noise "github.com/libp2p/go-libp2p/p2p/security/noise"
 	quic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
+	ma "github.com/multiformats/go-multiaddr"
+	manet "github.com/multiformats/go-multiaddr/net"
 )
 
 // newHost builds the control-plane host: TCP and QUIC, Noise only, and
 // nothing that talks to the world on its own (no relay, no UPnP, no mDNS,
-// no public bootstrap list), so the overlay stays private.
-func newHost(key crypto.PrivKey, listen []string) (host.Host, error) {
+// no public bootstrap list), so the overlay stays private. Addresses inside
+// the virtual subnets are neither announced nor dialled: the control plane
+// must never run over the overlay it controls.
+func newHost(key crypto.PrivKey, listen []string, virtual []netip.Prefix) (host.Host, error) {
 	cm, err := connmgr.NewConnManager(64, 256)
 	if err != nil {
 		return nil, fmt.Errorf("connection manager: %w", err)
@@ -30,9 +39,50 @@ func newHost(key crypto.PrivKey, listen []string) (host.Host, error) {
 		libp2p.DisableRelay(),
 		libp2p.DisableMetrics(),
 		libp2p.Ping(false),
+		libp2p.AddrsFactory(func(addrs []ma.Multiaddr) []ma.Multiaddr {
+			return slices.DeleteFunc(addrs, func(a ma.Multiaddr) bool { return inVirtual(a, virtual) })
+		}),
+		libp2p.ConnectionGater(underlayOnly(virtual)),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("libp2p host: %w", err)
 	}
 	return h, nil
+}
+
+// inVirtual reports whether a's IP lies in one of the virtual subnets.
+func inVirtual(a ma.Multiaddr, virtual []netip.Prefix) bool {
+	ip, err := manet.ToIP(a)
+	if err != nil {
+		return false
+	}
+	addr, ok := netip.AddrFromSlice(ip)
+	if !ok {
+		return false
+	}
+	addr = addr.Unmap()
+	for _, p := range virtual {
+		if p.Contains(addr) {
+			return true
+		}
+	}
+	return false
+}
+
+// underlayOnly refuses to dial or accept control connections over
+// virtual addresses.
+type underlayOnly []netip.Prefix
+
+func (u underlayOnly) InterceptPeerDial(peer.ID) bool { return true }
+func (u underlayOnly) InterceptAddrDial(_ peer.ID, a ma.Multiaddr) bool {
+	return !inVirtual(a, u)
+}
+func (u underlayOnly) InterceptAccept(c network.ConnMultiaddrs) bool {
+	return !inVirtual(c.RemoteMultiaddr(), u)
+}
+func (u underlayOnly) InterceptSecured(network.Direction, peer.ID, network.ConnMultiaddrs) bool {
+	return true
+}
+func (u underlayOnly) InterceptUpgraded(network.Conn) (bool, control.DisconnectReason) {
+	return true, 0
 }

@@ -61,6 +61,9 @@ type Config struct {
 	// VirtualAddrs are the virtual addresses this node's VM holds; peers
 	// learn them in the handshake.
 	VirtualAddrs []netip.Addr
+	// VirtualSubnets are the overlay's own address ranges, which the
+	// control plane must never use.
+	VirtualSubnets []netip.Prefix
 	// AEAD forces one suite; zero picks per link.
 	AEAD Suite
 	// Deliver is called for every IPv4 packet that arrives for the VM, with
@@ -110,7 +113,7 @@ func New(ctx context.Context, cfg Config) (*Overlay, error) {
 	if err != nil {
 		return nil, fmt.Errorf("data socket %v: %w", cfg.DataAddr, err)
 	}
-	h, err := newHost(cfg.Identity, cfg.ControlAddrs)
+	h, err := newHost(cfg.Identity, cfg.ControlAddrs, cfg.VirtualSubnets)
 	if err != nil {
 		udp.Close()
 		return nil, err

@@ -10,6 +10,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
 )
 
 // testNode is an overlay on loopback that records what it delivers.
@@ -271,5 +272,23 @@ func TestStreamFallbackWhenUDPDoesNotGetThrough(t *testing.T) {
 		pkt = ipv4("10.128.0.2", "10.128.0.1", string(rune('A'+i%26)))
 		sendPacket(t, b, pkt)
 		expectPacket(t, a, pkt)
+	}
+}
+
+func TestVirtualAddressesAreNeverControlAddresses(t *testing.T) {
+	virtual := []netip.Prefix{netip.MustParsePrefix("10.128.0.0/16")}
+	for _, c := range []struct {
+		addr string
+		want bool
+	}{
+		{"/ip4/10.128.0.1/tcp/4150", true},
+		{"/ip4/10.128.255.9/udp/4150/quic-v1", true},
+		{"/ip4/10.129.0.1/tcp/4150", false},
+		{"/ip4/100.64.1.2/tcp/4150", false},
+		{"/ip6/::1/tcp/4150", false},
+	} {
+		if got := inVirtual(ma.StringCast(c.addr), virtual); got != c.want {
+			t.Errorf("inVirtual(%s) = %v, want %v", c.addr, got, c.want)
+		}
 	}
 }

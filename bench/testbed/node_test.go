@@ -10,12 +10,12 @@ import (
 )
 
 // TestNodeLifecycle drives StartNode, Status, PeerID, RestartNode, StopNode
-// and Kill with fakeringnet, which keeps ringnet's command-line contract.
+// and Kill with the real ringnet binary.
 func TestNodeLifecycle(t *testing.T) {
 	RequireRoot(t)
 	bin := filepath.Join(t.TempDir(), "ringnet")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/ringnet/ringnet/bench/internal/fakeringnet").CombinedOutput(); err != nil {
-		t.Fatalf("build fakeringnet: %v\n%s", err, out)
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/ringnet/ringnet/cmd/ringnet").CombinedOutput(); err != nil {
+		t.Fatalf("build ringnet: %v\n%s", err, out)
 	}
 	bed := NewT(t, Options{RingnetPath: bin})
 	ctx := t.Context()
