@@ -153,6 +153,9 @@ func appendID(b []byte, id peer.ID) []byte {
 }
 
 func (h *hello) sign(key crypto.PrivKey, initiator, responder peer.ID, initEph *[32]byte) error {
+	if h.typ == helloResp && initEph == nil {
+		return errors.New("sign handshake: an answer must cover the initiator's key")
+	}
 	sig, err := key.Sign(h.signedBytes(initiator, responder, initEph))
 	if err != nil {
 		return fmt.Errorf("sign handshake: %w", err)
@@ -164,6 +167,9 @@ func (h *hello) sign(key crypto.PrivKey, initiator, responder peer.ID, initEph *
 // verify checks that signer signed h. The signer's public key comes out of
 // its peer ID, so a hello cannot be passed off as another node's.
 func (h *hello) verify(signer, initiator, responder peer.ID, initEph *[32]byte) error {
+	if h.typ == helloResp && initEph == nil {
+		return errors.New("handshake answer checked without the initiator's key")
+	}
 	pub, err := signer.ExtractPublicKey()
 	if err != nil {
 		return fmt.Errorf("public key of %s: %w", signer, err)

@@ -1,0 +1,162 @@
+package overlay
+
+import (
+	"bytes"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// sessionPair returns the two ends of one session, with fixed keys.
+func sessionPair(t testing.TB, suite Suite) (a, b *session) {
+	k1, k2 := bytes.Repeat([]byte{1}, 32), bytes.Repeat([]byte{2}, 32)
+	a = &session{localIndex: 7, created: time.Now()}
+	b = &session{localIndex: 9, created: time.Now()}
+	if err := a.setKeys(suite, 9, k1, k2); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.setKeys(suite, 7, k2, k1); err != nil {
+		t.Fatal(err)
+	}
+	return a, b
+}
+
+func sealed(t testing.TB, s *session, typ byte, payload []byte) []byte {
+	buf := make([]byte, HeaderLen+len(payload)+TagLen)
+	copy(buf[HeaderLen:], payload)
+	d, ok := s.seal(typ, buf, len(payload))
+	if !ok {
+		t.Fatal("seal refused")
+	}
+	return d
+}
+
+// FuzzOpenDatagram feeds arbitrary datagrams to the receive side of a
+// session: nothing may panic, and only what the peer sealed may open.
+func FuzzOpenDatagram(f *testing.F) {
+	a, _ := sessionPair(f, SuiteAES256GCM)
+	f.Add(sealed(f, a, typeData, ipv4("10.128.0.1", "10.128.0.2", "x")))
+	f.Add(sealed(f, a, typePing, make([]byte, pingLen)))
+	f.Add([]byte{1, 1, 0, 0, 0, 0, 0, 9})
+	f.Add(make([]byte, HeaderLen+TagLen))
+	f.Fuzz(func(t *testing.T, dgram []byte) {
+		a, b := sessionPair(t, SuiteAES256GCM)
+		h, err := parseHeader(dgram)
+		if err != nil {
+			return
+		}
+		pt, err := b.open(h, append([]byte(nil), dgram...))
+		if err != nil {
+			return
+		}
+		// What opens must be exactly what the key's holder seals for that
+		// header: nothing else authenticates.
+		a.sendCounter.Store(h.counter)
+		if again := sealed(t, a, h.typ, pt); !bytes.Equal(again, dgram) {
+			t.Fatalf("datagram opened but is not the holder's sealing:\n got %x\nwant %x", dgram, again)
+		}
+	})
+}
+
+func FuzzParseHello(f *testing.F) {
+	key, _, _ := crypto.GenerateEd25519Key(nil)
+	other, _, _ := crypto.GenerateEd25519Key(nil)
+	self, _ := peer.IDFromPrivateKey(key)
+	them, _ := peer.IDFromPrivateKey(other)
+	h := &hello{
+		typ:      helloInit,
+		suites:   []Suite{SuiteAES256GCM, SuiteChaCha20Poly1305},
+		hasAES:   true,
+		index:    42,
+		dataPort: 4151,
+		addrs:    []netip.Addr{netip.MustParseAddr("10.128.0.1")},
+	}
+	h.sign(key, self, them, nil)
+	f.Add(h.marshal())
+	resp := *h
+	resp.typ, resp.suites = helloResp, []Suite{SuiteChaCha20Poly1305}
+	resp.sign(key, them, self, &h.eph)
+	f.Add(resp.marshal())
+	f.Add([]byte{wireVersion, helloConfirm})
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		h, err := parseHello(b)
+		if err != nil {
+			return
+		}
+		// What parses must encode back to the same bytes: no field is
+		// read loosely.
+		if got := h.marshal(); !bytes.Equal(got, b) {
+			t.Fatalf("round trip changed the message:\n in %x\nout %x", b, got)
+		}
+		if len(h.suites) == 0 || len(h.suites) > maxSuites || len(h.addrs) > maxHelloAddrs {
+			t.Fatalf("parsed out-of-bounds hello: %+v", h)
+		}
+		// Verifying arbitrary input must not fail in any way but an error.
+		var eph [32]byte
+		h.verify(them, self, them, &eph)
+		h.verify(them, self, them, nil)
+	})
+}
+
+func FuzzReadMsg(f *testing.F) {
+	f.Add([]byte{0, 2, wireVersion, helloConfirm})
+	f.Add([]byte{0xff, 0xff})
+	f.Add([]byte{0})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		msg, err := readMsg(bytes.NewReader(b))
+		if err == nil && len(msg) > maxHelloLen {
+			t.Fatalf("message of %d bytes accepted", len(msg))
+		}
+	})
+}
+
+func TestSealOpenRoundTrip(t *testing.T) {
+	for _, suite := range []Suite{SuiteAES256GCM, SuiteChaCha20Poly1305} {
+		a, b := sessionPair(t, suite)
+		d := sealed(t, a, typeData, []byte("payload"))
+		h, err := parseHeader(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pt, err := b.open(h, append([]byte(nil), d...))
+		if err != nil || string(pt) != "payload" {
+			t.Fatalf("%v: open = %q, %v", suite, pt, err)
+		}
+		if _, err := b.open(h, append([]byte(nil), d...)); err != errReplay {
+			t.Fatalf("%v: second open = %v, want errReplay", suite, err)
+		}
+		// The header is authenticated: changing the type breaks the tag.
+		d2 := sealed(t, a, typeData, []byte("payload"))
+		d2[1] = typePing
+		h2, _ := parseHeader(d2)
+		if _, err := b.open(h2, d2); err != errAuth {
+			t.Fatalf("%v: altered header opened: %v", suite, err)
+		}
+	}
+}
+
+func TestParseHelloRejects(t *testing.T) {
+	good := (&hello{typ: helloInit, suites: []Suite{SuiteAES256GCM}, sig: make([]byte, 64)}).marshal()
+	if _, err := parseHello(good); err != nil {
+		t.Fatalf("good hello refused: %v", err)
+	}
+	cases := map[string][]byte{
+		"empty":          {},
+		"bad version":    append([]byte{9}, good[1:]...),
+		"confirm type":   append([]byte{wireVersion, helloConfirm}, good[2:]...),
+		"unknown flags":  append([]byte{wireVersion, helloInit, 0x80}, good[3:]...),
+		"no suites":      append([]byte{wireVersion, helloInit, 0, 0}, good[4:]...),
+		"too many addrs": func() []byte { b := bytes.Clone(good); b[4+1+32+4+2] = 200; return b }(),
+		"truncated":      good[:len(good)-1],
+		"trailing":       append(bytes.Clone(good), 0),
+	}
+	for name, b := range cases {
+		if _, err := parseHello(b); err == nil {
+			t.Errorf("%s: parsed", name)
+		}
+	}
+}
