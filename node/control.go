@@ -47,7 +47,8 @@ func listenControl(path string) (*controlServer, error) {
 	return &controlServer{path: path, ln: ln}, nil
 }
 
-func (c *controlServer) serve(status func() Status) {
+// handle sets what the socket serves; it must run before serve.
+func (c *controlServer) handle(status func() Status) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
@@ -56,8 +57,10 @@ func (c *controlServer) serve(status func() Status) {
 		enc.Encode(status())
 	})
 	c.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	c.srv.Serve(c.ln)
 }
+
+// serve answers requests until close.
+func (c *controlServer) serve() { c.srv.Serve(c.ln) }
 
 func (c *controlServer) close() error {
 	var err error

@@ -153,6 +153,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger, opts ...Option) (*N
 		}
 	}
 
+	n.ctl.handle(n.Status)
 	n.wg.Add(2)
 	go func() {
 		defer n.wg.Done()
@@ -160,7 +161,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger, opts ...Option) (*N
 	}()
 	go func() {
 		defer n.wg.Done()
-		n.ctl.serve(n.Status)
+		n.ctl.serve()
 	}()
 	context.AfterFunc(ctx, func() { n.close() })
 	ok = true

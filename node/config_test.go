@@ -1,0 +1,83 @@
+package node
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+const peerID = "12D3KooWCuZNhRMDpJKCmZsJJkufBNkEN1YTxdtTdMHTgvPsPzRt"
+
+func TestParseConfigDefaults(t *testing.T) {
+	c, err := ParseConfig([]byte("[tap]\naddress = \"10.128.0.1/16\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.StateDir != DefaultStateDir || c.TAP.Name != DefaultTAPName || c.TAP.UnderlayMTU != 1500 ||
+		!*c.TAP.ConfigureAddress || c.Listen.Data != "0.0.0.0:4151" || len(c.Listen.Control) != 2 {
+		t.Fatalf("defaults not applied: %+v", c)
+	}
+	if got := TAPMTU(c.TAP.UnderlayMTU); got != 1440 {
+		t.Fatalf("TAP MTU on a 1500-byte underlay = %d, want 1440", got)
+	}
+}
+
+func TestParseConfigErrorsNameTheField(t *testing.T) {
+	const base = "state_dir = \"/tmp/x\"\n"
+	cases := []struct {
+		name, text, field string
+	}{
+		{"no address", base, "tap.address"},
+		{"bad address", base + "[tap]\naddress = \"banana\"\n", "tap.address"},
+		{"IPv6 address", base + "[tap]\naddress = \"fd00::1/64\"\n", "tap.address"},
+		{"network address", base + "[tap]\naddress = \"10.128.0.0/16\"\n", "tap.address"},
+		{"prefix too long", base + "[tap]\naddress = \"10.128.0.1/32\"\n", "tap.address"},
+		{"long name", base + "[tap]\naddress = \"10.128.0.1/16\"\nname = \"abcdefghijklmnop\"\n", "tap.name"},
+		{"mtu", base + "[tap]\naddress = \"10.128.0.1/16\"\nunderlay_mtu = 100\n", "tap.underlay_mtu"},
+		{"relative state dir", "state_dir = \"rel\"\n[tap]\naddress = \"10.128.0.1/16\"\n", "state_dir"},
+		{"log level", base + "log_level = \"loud\"\n[tap]\naddress = \"10.128.0.1/16\"\n", "log_level"},
+		{"data addr", base + "[tap]\naddress = \"10.128.0.1/16\"\n[listen]\ndata = \"nowhere\"\n", "listen.data"},
+		{"control addr", base + "[tap]\naddress = \"10.128.0.1/16\"\n[listen]\ncontrol = [\"tcp:4150\"]\n", "listen.control[0]"},
+		{"peer id", base + "[tap]\naddress = \"10.128.0.1/16\"\n[[peer]]\nid = \"x\"\naddrs = [\"/ip4/1.2.3.4/tcp/1\"]\n", "peer[0].id"},
+		{"peer addrs", base + "[tap]\naddress = \"10.128.0.1/16\"\n[[peer]]\nid = \"" + peerID + "\"\n", "peer[0].addrs"},
+		{"duplicate peer", base + "[tap]\naddress = \"10.128.0.1/16\"\n" +
+			"[[peer]]\nid = \"" + peerID + "\"\naddrs = [\"/ip4/1.2.3.4/tcp/1\"]\n" +
+			"[[peer]]\nid = \"" + peerID + "\"\naddrs = [\"/ip4/1.2.3.4/tcp/1\"]\n", "peer[1].id"},
+		{"unknown field", base + "colour = \"blue\"\n[tap]\naddress = \"10.128.0.1/16\"\n", "colour"},
+		{"unknown nested field", base + "[tap]\naddress = \"10.128.0.1/16\"\nspeed = 3\n", "tap.speed"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := ParseConfig([]byte(c.text))
+			var ce *ConfigError
+			if !errors.As(err, &ce) {
+				t.Fatalf("err = %v, want a ConfigError", err)
+			}
+			if ce.Field != c.field {
+				t.Fatalf("error names field %q, want %q (%v)", ce.Field, c.field, err)
+			}
+		})
+	}
+}
+
+func TestParseConfigSyntaxErrorGivesLine(t *testing.T) {
+	_, err := ParseConfig([]byte("state_dir = \"/tmp\"\nlog_level = = 1\n"))
+	if err == nil || !strings.Contains(err.Error(), "line 2") {
+		t.Fatalf("err = %v, want one naming line 2", err)
+	}
+}
+
+func FuzzParseConfig(f *testing.F) {
+	f.Add([]byte("[tap]\naddress = \"10.128.0.1/16\"\n"))
+	f.Add([]byte("state_dir = \"/x\"\n[[peer]]\nid = \"" + peerID + "\"\naddrs = [\"/ip4/1.2.3.4/tcp/1\"]\n"))
+	f.Add([]byte("[listen]\ncontrol = [\"/ip4/0.0.0.0/udp/1/quic-v1\"]\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := ParseConfig(b)
+		if err == nil {
+			// Whatever is accepted must be usable as it stands.
+			if _, err := c.VirtualPrefix(); err != nil {
+				t.Fatalf("accepted config has a bad address: %v", err)
+			}
+		}
+	})
+}

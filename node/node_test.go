@@ -1,0 +1,180 @@
+package node
+
+import (
+	"context"
+	"encoding/binary"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/ringnet/ringnet/tap"
+)
+
+// vmNode is a node running over an in-memory device; vm is the VM's end.
+type vmNode struct {
+	*Node
+	vm  *tap.Pipe
+	mac net.HardwareAddr
+	dir string
+}
+
+func startNode(t *testing.T, ctx context.Context, addr string, peers ...*vmNode) *vmNode {
+	t.Helper()
+	dir := t.TempDir()
+	cfg := &Config{
+		StateDir: dir,
+		TAP:      TAPConfig{Address: addr},
+		Listen: Listen{
+			Control: []string{"/ip4/127.0.0.1/tcp/0"},
+			Data:    "127.0.0.1:0",
+		},
+	}
+	for _, p := range peers {
+		var addrs []string
+		for _, a := range p.Overlay().Host().Addrs() {
+			addrs = append(addrs, a.String())
+		}
+		cfg.Peers = append(cfg.Peers, Peer{ID: p.ID().String(), Addrs: addrs})
+	}
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	vm, dev := tap.NewPipe()
+	mac := net.HardwareAddr{0x02, 0, 0, 0, 0, byte(len(peers) + 1)}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	n, err := New(ctx, cfg, log, WithDevice(dev, mac))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(n.Wait)
+	return &vmNode{Node: n, vm: vm, mac: mac, dir: dir}
+}
+
+// icmpEcho builds an Ethernet frame carrying an ICMP echo request.
+func icmpEcho(srcMAC, dstMAC net.HardwareAddr, src, dst string) []byte {
+	f := make([]byte, 14+20+8+4)
+	copy(f[0:6], dstMAC)
+	copy(f[6:12], srcMAC)
+	binary.BigEndian.PutUint16(f[12:], 0x0800)
+	ip := f[14:]
+	ip[0] = 0x45
+	binary.BigEndian.PutUint16(ip[2:], uint16(len(ip)))
+	ip[8], ip[9] = 64, 1
+	s, d := netip.MustParseAddr(src).As4(), netip.MustParseAddr(dst).As4()
+	copy(ip[12:], s[:])
+	copy(ip[16:], d[:])
+	binary.BigEndian.PutUint16(ip[10:], ^sum16(ip[:20]))
+	icmp := ip[20:]
+	icmp[0] = 8
+	copy(icmp[8:], "ping")
+	binary.BigEndian.PutUint16(icmp[2:], ^sum16(icmp))
+	return f
+}
+
+func sum16(b []byte) uint16 {
+	var s uint32
+	for i := 0; i+1 < len(b); i += 2 {
+		s += uint32(binary.BigEndian.Uint16(b[i:]))
+	}
+	if len(b)%2 == 1 {
+		s += uint32(b[len(b)-1]) << 8
+	}
+	for s > 0xffff {
+		s = s>>16 + s&0xffff
+	}
+	return uint16(s)
+}
+
+func readFrame(t *testing.T, p *tap.Pipe) []byte {
+	t.Helper()
+	got := make(chan []byte, 1)
+	go func() {
+		buf := make([]byte, 2048)
+		n, err := p.ReadFrame(buf)
+		if err == nil {
+			got <- buf[:n]
+		}
+	}()
+	select {
+	case f := <-got:
+		return f
+	case <-time.After(10 * time.Second):
+		t.Fatal("no frame reached the VM")
+		return nil
+	}
+}
+
+// TestTwoNodesCarryAPing runs two whole nodes in process, each over an
+// in-memory TAP: a ping frame from one VM arrives at the other VM intact
+// and addressed to it.
+func TestTwoNodesCarryAPing(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	a := startNode(t, ctx, "10.128.0.1/16")
+	b := startNode(t, ctx, "10.128.0.2/16", a)
+	deadline := time.Now().Add(10 * time.Second)
+	for !a.Overlay().Holds(netip.MustParseAddr("10.128.0.2")) || b.Status().Peers[0].Path != "udp" {
+		if time.Now().After(deadline) {
+			t.Fatalf("link did not come up: %+v", b.Status().Peers)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	gw := a.Status().TAP.GatewayMAC
+	gwMAC, _ := net.ParseMAC(gw)
+	frame := icmpEcho(a.mac, gwMAC, "10.128.0.1", "10.128.0.2")
+	if err := a.vm.WriteFrame(frame); err != nil {
+		t.Fatal(err)
+	}
+	got := readFrame(t, b.vm)
+	if string(got[0:6]) != string(b.mac) {
+		t.Errorf("frame to %x, want the VM's MAC %x", got[0:6], b.mac)
+	}
+	if string(got[14:]) != string(frame[14:]) {
+		t.Errorf("packet changed in transit:\n got %x\nwant %x", got[14:], frame[14:])
+	}
+	st := b.Status()
+	if st.Peers[0].RxPackets != 1 || st.Peers[0].PeerID != a.ID().String() {
+		t.Errorf("status of b: %+v", st.Peers[0])
+	}
+}
+
+func TestSecondNodeOnSameStateDirIsRefused(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	a := startNode(t, ctx, "10.128.0.1/16")
+	cfg := &Config{StateDir: a.dir, TAP: TAPConfig{Address: "10.128.0.3/16"},
+		Listen: Listen{Control: []string{"/ip4/127.0.0.1/tcp/0"}, Data: "127.0.0.1:0"}}
+	cfg.setDefaults()
+	_, dev := tap.NewPipe()
+	_, err := New(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), WithDevice(dev, nil))
+	if err == nil {
+		t.Fatal("a second node started on a state directory in use")
+	}
+	if id, _ := peer.Decode(a.ID().String()); id != a.ID() {
+		t.Fatal("peer ID changed")
+	}
+}
+
+func TestControlSocketServesStatus(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	a := startNode(t, ctx, "10.128.0.1/16")
+	st, err := FetchStatus(ctx, a.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.PeerID != a.ID().String() || st.VirtualIP != "10.128.0.1" || st.Subnet != "10.128.0.0/16" || st.TAP.MTU != 1440 {
+		t.Fatalf("status: %+v", st)
+	}
+	cancel()
+	a.Wait()
+	if _, err := FetchStatus(context.Background(), a.dir); err == nil {
+		t.Fatal("control socket still answers after shutdown")
+	}
+}
