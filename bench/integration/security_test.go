@@ -1,0 +1,106 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ringnet/ringnet/bench/testbed"
+	"github.com/ringnet/ringnet/node"
+)
+
+// TestReplayedAndTamperedDatagramsAreDropped replays and alters a share of
+// the sealed datagrams a sends to b, with nftables in a's namespace, and
+// checks that b drops and counts exactly those while pings still work.
+func TestReplayedAndTamperedDatagramsAreDropped(t *testing.T) {
+	p := newPair(t)
+	p.start(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+
+	// Only datagrams longer than 300 bytes: the pings below, not the
+	// links' own small keepalives.
+	match := fmt.Sprintf("ip daddr %s udp dport %d meta length > 300 numgen random mod 4 == 0 counter",
+		p.b.UnderlayIP(), node.DefaultDataPort)
+	nft := func(rule string) {
+		t.Helper()
+		script := "add table ip rntest\nflush table ip rntest\n" +
+			"add chain ip rntest out { type filter hook output priority 0; }\n" +
+			"add rule ip rntest out " + rule + "\n"
+		cmd := p.a.Command(ctx, "nft", "-f", "-")
+		cmd.Stdin = strings.NewReader(script)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("nft: %v\n%s", err, out)
+		}
+	}
+
+	// Replay: the copy goes to the site router and on to b.
+	nft(match + " dup to " + p.a.Site().Gateway().String())
+	r, err := p.a.Ping(ctx, vipB, "-c", "100", "-i", "0.01", "-s", "500", "-W", "2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	duplicated := nftPackets(t, ctx, p.a)
+	drops := dropsOf(t, ctx, p.b)
+	t.Logf("replay: %d of 100 pings answered; nft duplicated %d datagrams; b counted %d replayed", r.Received, duplicated, drops["replayed"])
+	if duplicated == 0 {
+		t.Fatal("nftables duplicated nothing: the test did not test")
+	}
+	if drops["replayed"] != duplicated {
+		t.Errorf("b counted %d replayed datagrams, nftables duplicated %d", drops["replayed"], duplicated)
+	}
+	if r.Received != 100 {
+		t.Errorf("%d of 100 pings answered while datagrams were replayed", r.Received)
+	}
+
+	// Tamper: overwrite one byte of ciphertext (UDP header 8 + overlay
+	// header 16, so byte 32 of the transport payload is sealed data).
+	nft(match + " @th,256,8 set 0x55")
+	r, err = p.a.Ping(ctx, vipB, "-c", "100", "-i", "0.01", "-s", "500", "-W", "1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	altered := nftPackets(t, ctx, p.a)
+	after := dropsOf(t, ctx, p.b)
+	authFailed := after["auth_failed"] - drops["auth_failed"]
+	t.Logf("tamper: %d of 100 pings answered; nft altered %d datagrams; b counted %d failing authentication", r.Received, altered, authFailed)
+	if altered == 0 {
+		t.Fatal("nftables altered nothing: the test did not test")
+	}
+	// A byte that already was 0x55 is not altered; allow for that.
+	if authFailed == 0 || authFailed > altered {
+		t.Errorf("b counted %d datagrams failing authentication, nftables altered %d", authFailed, altered)
+	}
+	if lost := uint64(100 - r.Received); lost < authFailed {
+		t.Errorf("only %d pings lost, but %d altered datagrams failed authentication: some were delivered?", lost, authFailed)
+	}
+}
+
+var nftPacketsRE = regexp.MustCompile(`counter packets (\d+)`)
+
+func nftPackets(t *testing.T, ctx context.Context, vm *testbed.VM) uint64 {
+	t.Helper()
+	out, err := vm.Output(ctx, "nft", "list", "table", "ip", "rntest")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := nftPacketsRE.FindSubmatch(out)
+	if m == nil {
+		t.Fatalf("no counter in:\n%s", out)
+	}
+	n, _ := strconv.ParseUint(string(m[1]), 10, 64)
+	return n
+}
+
+func dropsOf(t *testing.T, ctx context.Context, vm *testbed.VM) map[string]uint64 {
+	t.Helper()
+	st, err := vm.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.Drops
+}
