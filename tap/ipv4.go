@@ -72,18 +72,7 @@ func checkIPv4(b []byte) ([]byte, ipv4Error) {
 // checksum is the Internet checksum (RFC 1071) of b, folded into initial.
 // Over a header that carries its checksum, a valid header yields 0.
 func checksum(b []byte, initial uint32) uint16 {
-	sum := initial
-	for len(b) >= 2 {
-		sum += uint32(b[0])<<8 | uint32(b[1])
-		b = b[2:]
-	}
-	if len(b) == 1 {
-		sum += uint32(b[0]) << 8
-	}
-	for sum > 0xffff {
-		sum = sum>>16 + sum&0xffff
-	}
-	return ^uint16(sum)
+	return ^sum16(b, fold32(initial))
 }
 
 // setIPv4Checksum fills in the checksum of the IPv4 header hdr.
