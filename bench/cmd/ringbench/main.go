@@ -3,11 +3,14 @@
 // and runs it:
 //
 //	./scripts/bench throughput
+//	./scripts/bench peers
 //
 // Benchmarks:
 //
 //	throughput  single-stream TCP and ping RTT between two VMs at two public
 //	            sites, through the overlay and on the raw underlay path
+//	peers       the same pair through ringnet and through wireguard-go, and
+//	            the raw underlay; then both tunnels with 1% underlay loss
 package main
 
 import (
@@ -27,8 +30,9 @@ func main() {
 	runs := flag.Int("runs", 3, "iperf3 runs per path; the median is reported")
 	seconds := flag.Int("seconds", 10, "length of each iperf3 run")
 	pings := flag.Int("pings", 200, "pings per path for the RTT")
+	wireguardGo := flag.String("wireguard-go", "wireguard-go", "path of the wireguard-go binary (peers)")
 	flag.Usage = func() {
-		fmt.Fprintf(flag.CommandLine.Output(), "usage: ringbench [flags] BENCHMARK\n\nBenchmarks: throughput\n\nFlags:\n")
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: ringbench [flags] BENCHMARK\n\nBenchmarks: throughput, peers\n\nFlags:\n")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
@@ -47,6 +51,8 @@ func main() {
 	switch name := flag.Arg(0); name {
 	case "throughput":
 		err = throughput(ctx, opts, *runs, *seconds, *pings)
+	case "peers":
+		err = peers(ctx, opts, *wireguardGo, *runs, *seconds, *pings)
 	default:
 		fmt.Fprintf(os.Stderr, "ringbench: no benchmark %q\n", name)
 		flag.Usage()
