@@ -18,9 +18,8 @@ import (
 // minus the terminating NUL).
 const maxNameLen = unix.IFNAMSIZ - 1
 
-// openFlags are the TUNSETIFF flags every TAP is created with, kept in one
-// place so that offloads (IFF_VNET_HDR, followed by TUNSETVNETHDRSZ and
-// TUNSETOFFLOAD on the fd) can be added here and in openTUN alone.
+// openFlags are the TUNSETIFF flags every TAP is created with; offloads
+// add IFF_VNET_HDR (see openTUN).
 //
 // IFF_NO_PI: frames arrive bare, without the 4-byte packet-info prefix.
 // IFF_TUN_EXCL: fail with EBUSY if the name is taken, instead of attaching to
@@ -41,9 +40,23 @@ type Config struct {
 	MAC net.HardwareAddr
 	// Addr, when valid, is assigned to the interface (e.g. 10.128.0.1/16).
 	Addr netip.Prefix
+	// Offloads asks for a vnet header and TCP (and, where the kernel has
+	// it, UDP) segmentation offload, so that the kernel hands over TCP
+	// frames of up to 64 KiB with their checksums left undone. If the
+	// kernel refuses, the device opens without them: check Offloads().
+	Offloads bool
 }
 
 // Linux is a TAP device created through /dev/net/tun. It implements Device.
+//
+// With offloads active (Offloads().VnetHdr), every frame carries a
+// VirtioNetHdr: ReadFrame returns [VirtioNetHdrLen-byte header][Ethernet
+// frame] and WriteFrame expects the same. The header's offsets count from
+// the Ethernet header. A frame read may be a TCP packet of up to 64 KiB
+// (GSO) and any TCP or UDP packet may have a partial checksum
+// (NEEDS_CSUM): give them to Gateway.FromVMOffload and Segment, never to
+// a peer as they are. Write with a zero header (GSO none, no flags) for
+// complete packets, or as Coalescer builds them.
 type Linux struct {
 	// file is the TAP's fd, non-blocking and registered with the Go
 	// poller so that Close unblocks a pending Read. Holding it keeps its
@@ -53,6 +66,7 @@ type Linux struct {
 	index int
 	mac   net.HardwareAddr
 	mtu   int
+	off   OffloadState
 
 	closeOnce sync.Once
 	closeErr  error
@@ -77,11 +91,11 @@ func Open(cfg Config) (*Linux, error) {
 		return nil, fmt.Errorf("tap: negative MTU %d", cfg.MTU)
 	}
 
-	file, name, err := openTUN(cfg.Name)
+	file, name, off, err := openTUN(cfg.Name, cfg.Offloads)
 	if err != nil {
 		return nil, err
 	}
-	d := &Linux{file: file, name: name}
+	d := &Linux{file: file, name: name, off: off}
 	if err := d.configure(cfg); err != nil {
 		d.Close()
 		return nil, fmt.Errorf("tap %s: %w", name, err)
@@ -90,29 +104,55 @@ func Open(cfg Config) (*Linux, error) {
 }
 
 // openTUN opens /dev/net/tun and attaches it to a new TAP named name. It
-// returns the fd as a pollable *os.File and the name the kernel chose.
-func openTUN(name string) (*os.File, string, error) {
-	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, "", fmt.Errorf("tap: open /dev/net/tun: %w", err)
-	}
-	ifr, err := unix.NewIfreq(name)
-	if err != nil {
-		unix.Close(fd)
-		return nil, "", fmt.Errorf("tap: name %q: %w", name, err)
-	}
-	ifr.SetUint16(openFlags)
-	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
-		unix.Close(fd)
-		if errors.Is(err, unix.EBUSY) {
-			return nil, "", fmt.Errorf("tap: create %q: interface exists: %w", name, err)
+// returns the fd as a pollable *os.File, the name the kernel chose and the
+// offloads in effect.
+//
+// With offloads, IFF_VNET_HDR is fixed at TUNSETIFF time, so if the kernel
+// then refuses TUNSETOFFLOAD the fd is closed (which removes the device)
+// and a plain one is opened in its place.
+func openTUN(name string, offloads bool) (*os.File, string, OffloadState, error) {
+	if offloads {
+		fd, ifname, err := createTAP(name, openFlags|unix.IFF_VNET_HDR)
+		if err != nil {
+			return nil, "", OffloadState{}, err
 		}
-		return nil, "", fmt.Errorf("tap: create %q: TUNSETIFF: %w", name, err)
+		off, err := enableOffloads(fd)
+		if err == nil {
+			return os.NewFile(uintptr(fd), "/dev/net/tun"), ifname, off, nil
+		}
+		unix.Close(fd)
+	}
+	fd, ifname, err := createTAP(name, openFlags)
+	if err != nil {
+		return nil, "", OffloadState{}, err
 	}
 	// The fd is already non-blocking, so os.NewFile registers it with the
 	// runtime poller: reads park the goroutine instead of a thread, and
 	// Close wakes them.
-	return os.NewFile(uintptr(fd), "/dev/net/tun"), ifr.Name(), nil
+	return os.NewFile(uintptr(fd), "/dev/net/tun"), ifname, OffloadState{}, nil
+}
+
+// createTAP opens /dev/net/tun non-blocking and attaches it to a new TAP
+// with the given TUNSETIFF flags.
+func createTAP(name string, flags uint16) (int, string, error) {
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return -1, "", fmt.Errorf("tap: open /dev/net/tun: %w", err)
+	}
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		unix.Close(fd)
+		return -1, "", fmt.Errorf("tap: name %q: %w", name, err)
+	}
+	ifr.SetUint16(flags)
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		unix.Close(fd)
+		if errors.Is(err, unix.EBUSY) {
+			return -1, "", fmt.Errorf("tap: create %q: interface exists: %w", name, err)
+		}
+		return -1, "", fmt.Errorf("tap: create %q: TUNSETIFF: %w", name, err)
+	}
+	return fd, ifr.Name(), nil
 }
 
 // configure sets the MAC, MTU and address, brings the link up and records
@@ -157,14 +197,16 @@ func (d *Linux) configure(cfg Config) error {
 }
 
 // ReadFrame reads one Ethernet frame into buf, which should hold MTU() +
-// EthHeaderLen bytes: the kernel cuts longer frames to fit. After Close it
+// EthHeaderLen bytes: the kernel cuts longer frames to fit. With offloads
+// the frame comes after a VirtioNetHdr and may be up to 64 KiB: buf should
+// hold VirtioNetHdrLen + EthHeaderLen + 65535 bytes. After Close it
 // returns an error matching os.ErrClosed.
 func (d *Linux) ReadFrame(buf []byte) (int, error) {
 	return d.file.Read(buf)
 }
 
 // WriteFrame writes one Ethernet frame to the kernel, as if it had arrived
-// on the interface.
+// on the interface; with offloads, preceded by a VirtioNetHdr.
 func (d *Linux) WriteFrame(frame []byte) error {
 	_, err := d.file.Write(frame)
 	return err
@@ -178,6 +220,11 @@ func (d *Linux) MAC() net.HardwareAddr { return append(net.HardwareAddr(nil), d.
 
 // MTU is the interface's MTU, read after configuration.
 func (d *Linux) MTU() int { return d.mtu }
+
+// Offloads reports whether frames carry a vnet header and which offloads
+// the kernel accepted. It is the zero OffloadState ("off") unless
+// Config.Offloads was set and the kernel went along.
+func (d *Linux) Offloads() OffloadState { return d.off }
 
 // Close removes the device and unblocks a pending ReadFrame. It is safe to
 // call more than once.

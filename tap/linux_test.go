@@ -281,3 +281,17 @@ func nonZero(m map[string]uint64) map[string]uint64 {
 	}
 	return out
 }
+
+func TestOpenWithOffloads(t *testing.T) {
+	requireTAP(t)
+	d := openTest(t, Config{Name: testName(5), Offloads: true})
+	off := d.Offloads()
+	if !off.VnetHdr || !off.TSO() || off.Flags&tunFCsum == 0 {
+		t.Fatalf("Offloads() = %v, want vnet_hdr with csum and tso4", off)
+	}
+	t.Logf("offloads: %v", off)
+	plain := openTest(t, Config{Name: testName(6)})
+	if got := plain.Offloads(); got.VnetHdr || got.String() != "off" {
+		t.Errorf("device without Config.Offloads reports %v", got)
+	}
+}
