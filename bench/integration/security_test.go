@@ -24,34 +24,41 @@ func TestReplayedAndTamperedDatagramsAreDropped(t *testing.T) {
 
 	// Only datagrams longer than 300 bytes: the pings below, not the
 	// links' own small keepalives.
-	match := fmt.Sprintf("ip daddr %s udp dport %d meta length > 300 numgen random mod 4 == 0 counter",
-		p.b.UnderlayIP(), node.DefaultDataPort)
-	nft := func(rule string) {
+	flow := fmt.Sprintf("udp dport %d meta length > 300", node.DefaultDataPort)
+	toB := fmt.Sprintf("ip daddr %s %s", p.b.UnderlayIP(), flow)
+	nft := func(vm *testbed.VM, hook string, rules ...string) {
 		t.Helper()
 		script := "add table ip rntest\nflush table ip rntest\n" +
-			"add chain ip rntest out { type filter hook output priority 0; }\n" +
-			"add rule ip rntest out " + rule + "\n"
-		cmd := p.a.Command(ctx, "nft", "-f", "-")
+			"add chain ip rntest c { type filter hook " + hook + " priority 0; }\n"
+		for _, r := range rules {
+			script += "add rule ip rntest c " + r + "\n"
+		}
+		cmd := vm.Command(ctx, "nft", "-f", "-")
 		cmd.Stdin = strings.NewReader(script)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("nft: %v\n%s", err, out)
 		}
 	}
 
-	// Replay: the copy goes to the site router and on to b.
-	nft(match + " dup to " + p.a.Site().Gateway().String())
+	// Replay: a copy of some datagrams goes to the site router and on to
+	// b. Each ping is one datagram, so what b receives beyond the pings
+	// sent are the copies.
+	nft(p.a, "output", toB+" numgen random mod 4 == 0 dup to "+p.a.Site().Gateway().String())
+	nft(p.b, "input", fmt.Sprintf("ip saddr %s %s counter", p.a.UnderlayIP(), flow))
 	r, err := p.a.Ping(ctx, vipB, "-c", "100", "-i", "0.01", "-s", "500", "-W", "2")
 	if err != nil {
 		t.Fatal(err)
 	}
-	duplicated := nftPackets(t, ctx, p.a)
+	sent := uint64(r.Transmitted)
+	arrived := nftPackets(t, ctx, p.b)[0]
 	drops := dropsOf(t, ctx, p.b)
-	t.Logf("replay: %d of 100 pings answered; nft duplicated %d datagrams; b counted %d replayed", r.Received, duplicated, drops["replayed"])
-	if duplicated == 0 {
-		t.Fatal("nftables duplicated nothing: the test did not test")
+	t.Logf("replay: %d of 100 pings answered; a sent %d datagrams, b received %d; b counted %d replayed",
+		r.Received, sent, arrived, drops["replayed"])
+	if arrived <= sent {
+		t.Fatal("no copy reached b: the test did not test")
 	}
-	if drops["replayed"] != duplicated {
-		t.Errorf("b counted %d replayed datagrams, nftables duplicated %d", drops["replayed"], duplicated)
+	if drops["replayed"] != arrived-sent {
+		t.Errorf("b counted %d replayed datagrams, but %d copies arrived", drops["replayed"], arrived-sent)
 	}
 	if r.Received != 100 {
 		t.Errorf("%d of 100 pings answered while datagrams were replayed", r.Received)
@@ -59,12 +66,12 @@ func TestReplayedAndTamperedDatagramsAreDropped(t *testing.T) {
 
 	// Tamper: overwrite one byte of ciphertext (UDP header 8 + overlay
 	// header 16, so byte 32 of the transport payload is sealed data).
-	nft(match + " @th,256,8 set 0x55")
+	nft(p.a, "output", toB+" numgen random mod 4 == 0 counter @th,256,8 set 0x55")
 	r, err = p.a.Ping(ctx, vipB, "-c", "100", "-i", "0.01", "-s", "500", "-W", "1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	altered := nftPackets(t, ctx, p.a)
+	altered := nftPackets(t, ctx, p.a)[0]
 	after := dropsOf(t, ctx, p.b)
 	authFailed := after["auth_failed"] - drops["auth_failed"]
 	t.Logf("tamper: %d of 100 pings answered; nft altered %d datagrams; b counted %d failing authentication", r.Received, altered, authFailed)
@@ -82,18 +89,23 @@ func TestReplayedAndTamperedDatagramsAreDropped(t *testing.T) {
 
 var nftPacketsRE = regexp.MustCompile(`counter packets (\d+)`)
 
-func nftPackets(t *testing.T, ctx context.Context, vm *testbed.VM) uint64 {
+// nftPackets reads the packet counters of the test's nftables rules, in
+// order.
+func nftPackets(t *testing.T, ctx context.Context, vm *testbed.VM) []uint64 {
 	t.Helper()
 	out, err := vm.Output(ctx, "nft", "list", "table", "ip", "rntest")
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := nftPacketsRE.FindSubmatch(out)
-	if m == nil {
+	var counts []uint64
+	for _, m := range nftPacketsRE.FindAllSubmatch(out, -1) {
+		n, _ := strconv.ParseUint(string(m[1]), 10, 64)
+		counts = append(counts, n)
+	}
+	if len(counts) == 0 {
 		t.Fatalf("no counter in:\n%s", out)
 	}
-	n, _ := strconv.ParseUint(string(m[1]), 10, 64)
-	return n
+	return counts
 }
 
 func dropsOf(t *testing.T, ctx context.Context, vm *testbed.VM) map[string]uint64 {
