@@ -116,3 +116,61 @@ func dropsOf(t *testing.T, ctx context.Context, vm *testbed.VM) map[string]uint6
 	}
 	return st.Drops
 }
+
+// TestStreamFallbackWhenUDPIsBlocked puts a behind a site that drops all
+// UDP: the link must carry packets over the libp2p stream (TCP) instead.
+func TestStreamFallbackWhenUDPIsBlocked(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	bed := testbed.NewT(t, testbed.Options{RingnetPath: ringnetBin})
+	blocked, err := bed.AddSite(ctx, "blocked", testbed.NATUDPBlocked)
+	if err != nil {
+		t.Fatal(err)
+	}
+	public, err := bed.AddSite(ctx, "public", testbed.NATNone)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := bed.AddVM(ctx, blocked, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := bed.AddVM(ctx, public, "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	peerB, err := b.PeerEntry(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.StartNode(ctx, nodeConfig(vipB)); err != nil {
+		t.Fatal(err)
+	}
+	cfg := nodeConfig(vipA)
+	cfg.Peers = []node.Peer{peerB}
+	if err := a.StartNode(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.WaitReachable(ctx, vipB); err != nil {
+		t.Fatal(err)
+	}
+	r, err := a.Ping(ctx, vipB, "-c", "20", "-i", "0.05", "-W", "2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Received != 20 {
+		t.Errorf("%d of 20 pings answered over the stream fallback", r.Received)
+	}
+	if res := iperf(t, ctx, a, b, vipB, "-t", "2"); res.Bytes == 0 {
+		t.Error("iperf3 over the stream fallback moved no data")
+	}
+	for _, vm := range []*testbed.VM{a, b} {
+		st, err := vm.Status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(st.Peers) != 1 || st.Peers[0].Path != "stream" {
+			t.Errorf("%s: peers %+v, want one on path stream", vm.Name(), st.Peers)
+		}
+	}
+}
