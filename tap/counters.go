@@ -12,6 +12,7 @@ const (
 	fromVMARPReply
 	fromVMFragNeeded
 	fromVMFragNeededRateLimited
+	fromVMForwardedGSO
 
 	fromVMDropShortFrame
 	fromVMDropBadSourceMAC
@@ -44,6 +45,8 @@ const (
 	fromVMDropDstBroadcast
 	fromVMDropTooBigNoICMP
 	fromVMDropReplyBufSmall
+	fromVMDropBadVnetHdr
+	fromVMDropGSOTooBig
 
 	numFromVMCounters
 )
@@ -54,6 +57,7 @@ var fromVMCounterNames = [numFromVMCounters]string{
 	fromVMARPReply:              "from_vm_arp_replies",
 	fromVMFragNeeded:            "from_vm_frag_needed_sent",
 	fromVMFragNeededRateLimited: "from_vm_frag_needed_rate_limited",
+	fromVMForwardedGSO:          "from_vm_forwarded_gso",
 
 	fromVMDropShortFrame:       "from_vm_drop_short_frame",
 	fromVMDropBadSourceMAC:     "from_vm_drop_bad_source_mac",
@@ -85,6 +89,8 @@ var fromVMCounterNames = [numFromVMCounters]string{
 	fromVMDropDstBroadcast:          "from_vm_drop_dst_broadcast",
 	fromVMDropTooBigNoICMP:          "from_vm_drop_too_big_no_icmp",
 	fromVMDropReplyBufSmall:         "from_vm_drop_reply_buf_too_small",
+	fromVMDropBadVnetHdr:            "from_vm_drop_bad_vnet_hdr",
+	fromVMDropGSOTooBig:             "from_vm_drop_gso_too_big",
 }
 
 type toVMCounter int

@@ -69,6 +69,11 @@ const (
 	// be fragmented; send each of Result.Fragments, in order, to
 	// Result.Dst. Result.Packet is nil.
 	ForwardFragments
+	// ForwardGSO (FromVMOffload only): Result.Packet is a TCP or UDP
+	// packet larger than the MTU, or with its checksum undone, as
+	// Result.GSO describes; cut it with Segment and send each segment to
+	// Result.Dst.
+	ForwardGSO
 )
 
 func (v Verdict) String() string {
@@ -81,6 +86,8 @@ func (v Verdict) String() string {
 		return "reply"
 	case ForwardFragments:
 		return "forward-fragments"
+	case ForwardGSO:
+		return "forward-gso"
 	default:
 		return fmt.Sprintf("verdict(%d)", int(v))
 	}
@@ -100,6 +107,9 @@ type Result struct {
 	// Fragments (ForwardFragments) are valid IPv4 fragments of at most
 	// MTU bytes each, built one after another in replyBuf.
 	Fragments [][]byte
+	// GSO (ForwardGSO) describes Packet for Segment: the frame's vnet
+	// header with its offsets counted from Packet's first byte.
+	GSO VirtioNetHdr
 }
 
 // Gateway is the VM's virtual gateway. Create it with NewGateway.
@@ -325,28 +335,10 @@ func (g *Gateway) arpFromVM(frame, replyBuf []byte) Result {
 
 // ipv4FromVM takes an IPv4 packet for the overlay out of its frame.
 func (g *Gateway) ipv4FromVM(frame, replyBuf []byte) Result {
-	if c, ok := g.acceptDstMAC(frame[0:6], false); !ok {
+	pkt, dstAddr, c := g.checkIPv4FromVM(frame)
+	if c != 0 {
 		return g.dropFromVM(c)
 	}
-	pkt, perr := checkIPv4(frame[EthHeaderLen:])
-	if perr != ipv4OK {
-		return g.dropFromVM(fromVMDropIPv4Truncated + fromVMCounter(perr-ipv4Truncated))
-	}
-	src := binary.BigEndian.Uint32(pkt[12:16])
-	dst := binary.BigEndian.Uint32(pkt[16:20])
-	switch {
-	case src != g.vm:
-		// The far end would drop it (the source must be leased to the
-		// sender); spare the overlay the trip.
-		return g.dropFromVM(fromVMDropBadSource)
-	case dst&g.mask != g.network:
-		return g.dropFromVM(fromVMDropDstOutsideSubnet)
-	case dst == g.vm:
-		return g.dropFromVM(fromVMDropDstOwnAddress)
-	case dst == g.network || dst == g.broadcast:
-		return g.dropFromVM(fromVMDropDstBroadcast)
-	}
-	dstAddr := uint32Addr(dst)
 
 	if len(pkt) <= g.mtu {
 		g.fromVM[fromVMForwarded].Add(1)
@@ -369,6 +361,35 @@ func (g *Gateway) ipv4FromVM(frame, replyBuf []byte) Result {
 	}
 	g.fromVM[fromVMFragmented].Add(1)
 	return Result{Verdict: ForwardFragments, Dst: dstAddr, Fragments: frags}
+}
+
+// checkIPv4FromVM checks that an IPv4 frame from the VM is for the
+// gateway, well formed and addressed to a peer in the subnet. It returns
+// the packet cut to its length and its destination, or the drop counter
+// that says why not (never 0, which is fromVMForwarded).
+func (g *Gateway) checkIPv4FromVM(frame []byte) ([]byte, netip.Addr, fromVMCounter) {
+	if c, ok := g.acceptDstMAC(frame[0:6], false); !ok {
+		return nil, netip.Addr{}, c
+	}
+	pkt, perr := checkIPv4(frame[EthHeaderLen:])
+	if perr != ipv4OK {
+		return nil, netip.Addr{}, fromVMDropIPv4Truncated + fromVMCounter(perr-ipv4Truncated)
+	}
+	src := binary.BigEndian.Uint32(pkt[12:16])
+	dst := binary.BigEndian.Uint32(pkt[16:20])
+	switch {
+	case src != g.vm:
+		// The far end would drop it (the source must be leased to the
+		// sender); spare the overlay the trip.
+		return nil, netip.Addr{}, fromVMDropBadSource
+	case dst&g.mask != g.network:
+		return nil, netip.Addr{}, fromVMDropDstOutsideSubnet
+	case dst == g.vm:
+		return nil, netip.Addr{}, fromVMDropDstOwnAddress
+	case dst == g.network || dst == g.broadcast:
+		return nil, netip.Addr{}, fromVMDropDstBroadcast
+	}
+	return pkt, uint32Addr(dst), 0
 }
 
 // ICMP "destination unreachable, fragmentation needed" (RFC 792, RFC 1191).
