@@ -127,7 +127,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger, opts ...Option) (*N
 		DataAddr:       dataAddr,
 		VirtualAddrs:   []netip.Addr{prefix.Addr()},
 		VirtualSubnets: []netip.Prefix{prefix.Masked()},
-		Deliver:        n.deliver,
+		NewReceiver:    n.newReceiver,
 		Logger:         log,
 	})
 	if err != nil {
@@ -231,17 +231,24 @@ func (n *Node) readTAP() {
 	}
 }
 
-// deliver writes a packet from the overlay to the VM. The packet sits at
-// buf[overlay.HeaderLen:]; the gateway puts the Ethernet header in front.
-func (n *Node) deliver(buf []byte) {
-	frame, ok := n.gw.ToVM(buf[overlay.HeaderLen-tap.EthHeaderLen:])
+// vmWriter writes packets from the overlay to the VM, one per frame.
+type vmWriter struct{ n *Node }
+
+func (n *Node) newReceiver() overlay.Receiver { return vmWriter{n} }
+
+// Deliver writes one packet, at buf[overlay.HeaderLen:], to the VM; the
+// gateway puts the Ethernet header in front of it.
+func (w vmWriter) Deliver(buf []byte) {
+	frame, ok := w.n.gw.ToVM(buf[overlay.HeaderLen-tap.EthHeaderLen:])
 	if !ok {
 		return
 	}
-	if err := n.dev.WriteFrame(frame); err != nil {
-		n.log.Debug("TAP write", "err", err)
+	if err := w.n.dev.WriteFrame(frame); err != nil {
+		w.n.log.Debug("TAP write", "err", err)
 	}
 }
+
+func (vmWriter) Flush() {}
 
 // gatewayMAC derives the gateway's MAC from the peer ID: stable across
 // restarts, locally administered and unicast.

@@ -160,3 +160,16 @@ func TestParseHelloRejects(t *testing.T) {
 		}
 	}
 }
+
+// FuzzGROSegmentSize parses arbitrary control-message buffers as the
+// kernel might hand them over: it must never read out of bounds.
+func FuzzGROSegmentSize(f *testing.F) {
+	f.Add([]byte{20, 0, 0, 0, 0, 0, 0, 0, 17, 0, 0, 0, 104, 0, 0, 0, 0xa0, 5, 0, 0, 0, 0, 0, 0})
+	f.Add([]byte{16, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0})
+	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 17, 0, 0, 0, 104, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, oob []byte) {
+		if s := groSegmentSize(oob); s < 0 {
+			t.Fatalf("negative segment size %d", s)
+		}
+	})
+}

@@ -375,6 +375,60 @@ func (p *Peer) sendVia(path Path, typ byte, buf []byte, n int) error {
 	return nil
 }
 
+// sendSegments seals each packet of a batch in place and sends the batch
+// (see Overlay.SendSegments).
+func (p *Peer) sendSegments(buf []byte, stride int, lens []int) error {
+	path := Path(p.path.Load())
+	s := p.sendSession.Load()
+	if path == PathNone || s == nil {
+		p.drops.Add(uint64(len(lens)))
+		p.o.drops.noSession.Add(uint64(len(lens)))
+		return ErrNoSession
+	}
+	end := 0
+	var bytes uint64
+	for i, n := range lens {
+		off := i * stride
+		dgram, ok := s.seal(typeData, buf[off:], n)
+		if !ok {
+			p.requestRekey("session spent")
+			p.o.drops.noSession.Add(uint64(len(lens) - i))
+			return ErrNoSession
+		}
+		end = off + len(dgram)
+		bytes += uint64(n)
+		if path == PathStream {
+			if err := p.stream.send(dgram); err != nil {
+				p.drops.Add(1)
+				p.o.drops.sendFailed.Add(1)
+			}
+		}
+	}
+	if s.sendCounter.Load() >= RekeyAfterMessages {
+		p.requestRekey("message limit")
+	}
+	p.txPackets.Add(uint64(len(lens)))
+	p.txBytes.Add(bytes)
+	if path == PathStream {
+		return nil
+	}
+	ep := p.endpoint.Load()
+	if ep == nil {
+		return ErrNoSession
+	}
+	// One GSO send carries at most maxGSOSegments datagrams of stride
+	// bytes within maxGSOBytes.
+	per := min(maxGSOSegments, maxGSOBytes/stride) * stride
+	for off := 0; off < end; off += per {
+		if err := p.o.udp.writeBatch(buf[off:min(off+per, end)], stride, *ep); err != nil {
+			p.drops.Add(1)
+			p.o.drops.sendFailed.Add(1)
+			return fmt.Errorf("send to %s: %w", p.id, err)
+		}
+	}
+	return nil
+}
+
 func (p *Peer) status() PeerStatus {
 	st := PeerStatus{
 		ID:        p.id,

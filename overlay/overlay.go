@@ -66,11 +66,21 @@ type Config struct {
 	VirtualSubnets []netip.Prefix
 	// AEAD forces one suite; zero picks per link.
 	AEAD Suite
-	// Deliver is called for every IPv4 packet that arrives for the VM, with
-	// the packet at buf[HeaderLen:]. buf[:HeaderLen] is free for the
-	// caller's own header. Deliver must not keep buf after it returns.
-	Deliver func(buf []byte)
-	Logger  *slog.Logger
+	// NewReceiver makes the Receiver of one receiving goroutine.
+	NewReceiver func() Receiver
+	Logger      *slog.Logger
+}
+
+// Receiver takes the packets that arrive for the VM. Each goroutine that
+// receives (the UDP socket's, one per data stream) has a Receiver of its
+// own, so a Receiver needs no locking.
+type Receiver interface {
+	// Deliver takes one IPv4 packet at buf[HeaderLen:]; buf[:HeaderLen] is
+	// free for the receiver's own header. buf is reused after Flush.
+	Deliver(buf []byte)
+	// Flush ends a batch: everything delivered since the last Flush came
+	// from one read of the network.
+	Flush()
 }
 
 // Overlay is one node's set of links.
@@ -78,7 +88,7 @@ type Overlay struct {
 	cfg  Config
 	log  *slog.Logger
 	host host.Host
-	udp  *net.UDPConn
+	udp  *udpConn
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -103,16 +113,17 @@ func New(ctx context.Context, cfg Config) (*Overlay, error) {
 	if cfg.Identity == nil {
 		return nil, errors.New("overlay: no identity")
 	}
-	if cfg.Deliver == nil {
-		return nil, errors.New("overlay: no Deliver function")
+	if cfg.NewReceiver == nil {
+		return nil, errors.New("overlay: no NewReceiver function")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	udp, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(cfg.DataAddr))
+	conn, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(cfg.DataAddr))
 	if err != nil {
 		return nil, fmt.Errorf("data socket %v: %w", cfg.DataAddr, err)
 	}
+	udp := newUDPConn(conn)
 	h, err := newHost(cfg.Identity, cfg.ControlAddrs, cfg.VirtualSubnets)
 	if err != nil {
 		udp.Close()
@@ -194,6 +205,22 @@ func (o *Overlay) Send(dst netip.Addr, buf []byte, n int) error {
 		return ErrNoRoute
 	}
 	return p.send(typeData, buf, n)
+}
+
+// SendSegments seals a batch of IPv4 packets to the node that holds dst
+// and sends them with as few system calls as the path allows. Packet i is
+// at buf[i*stride+HeaderLen:][:lens[i]]; every packet but the last must be
+// stride-Overhead bytes long, so that the sealed datagrams lie back to
+// back, and buf needs TagLen bytes of capacity past the last.
+func (o *Overlay) SendSegments(dst netip.Addr, buf []byte, stride int, lens []int) error {
+	o.mu.RLock()
+	p := o.byAddr[dst]
+	o.mu.RUnlock()
+	if p == nil {
+		o.drops.noRoute.Add(uint64(len(lens)))
+		return ErrNoRoute
+	}
+	return p.sendSegments(buf, stride, lens)
 }
 
 // Holds reports whether some peer announced addr.
@@ -295,6 +322,23 @@ func cmpString(a, b string) int {
 		return 1
 	}
 	return 0
+}
+
+// DataPath reports how the data socket batches: whether UDP_SEGMENT and
+// UDP_GRO are on, and how many batches each carried.
+func (o *Overlay) DataPath() map[string]uint64 {
+	b2u := func(b bool) uint64 {
+		if b {
+			return 1
+		}
+		return 0
+	}
+	return map[string]uint64{
+		"udp_gso":         b2u(o.udp.gso.Load()),
+		"udp_gro":         b2u(o.udp.gro),
+		"udp_gso_batches": o.udp.gsoBatches.Load(),
+		"udp_gro_batches": o.udp.groBatches.Load(),
+	}
 }
 
 // Drops reports the datagrams refused, by reason.

@@ -32,9 +32,7 @@ func newTestNode(t *testing.T, vip string, suite Suite) *testNode {
 		DataAddr:     netip.MustParseAddrPort("127.0.0.1:0"),
 		VirtualAddrs: []netip.Addr{netip.MustParseAddr(vip)},
 		AEAD:         suite,
-		Deliver: func(buf []byte) {
-			n.got <- append([]byte(nil), buf[HeaderLen:]...)
-		},
+		NewReceiver:  func() Receiver { return chanReceiver(n.got) },
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -43,6 +41,12 @@ func newTestNode(t *testing.T, vip string, suite Suite) *testNode {
 	n.Overlay = o
 	return n
 }
+
+// chanReceiver hands each delivered packet to a channel.
+type chanReceiver chan []byte
+
+func (c chanReceiver) Deliver(buf []byte) { c <- append([]byte(nil), buf[HeaderLen:]...) }
+func (c chanReceiver) Flush()             {}
 
 func link(t *testing.T, a, b *testNode) {
 	t.Helper()
@@ -291,4 +295,41 @@ func TestVirtualAddressesAreNeverControlAddresses(t *testing.T) {
 			t.Errorf("inVirtual(%s) = %v, want %v", c.addr, got, c.want)
 		}
 	}
+}
+
+func TestSendSegmentsDeliversTheBatchInOrder(t *testing.T) {
+	a := newTestNode(t, "10.128.0.1", 0)
+	b := newTestNode(t, "10.128.0.2", 0)
+	link(t, a, b)
+	const segs, size = 40, 1400
+	stride := size + Overhead
+	buf := make([]byte, segs*stride)
+	lens := make([]int, segs)
+	var want [][]byte
+	for i := range segs {
+		n := size
+		if i == segs-1 {
+			n = 300 // the last may be shorter
+		}
+		pkt := ipv4("10.128.0.1", "10.128.0.2", string(make([]byte, n-20)))
+		pkt[20] = byte(i)
+		copy(buf[i*stride+HeaderLen:], pkt)
+		lens[i] = n
+		want = append(want, pkt)
+	}
+	if err := a.SendSegments(netip.MustParseAddr("10.128.0.2"), buf, stride, lens); err != nil {
+		t.Fatal(err)
+	}
+	for i := range segs {
+		expectPacket(t, b, want[i])
+	}
+	st := a.Peers()[0]
+	if st.TxPackets != segs {
+		t.Fatalf("tx_packets = %d, want %d", st.TxPackets, segs)
+	}
+	dp := a.DataPath()
+	if dp["udp_gso"] != 1 || dp["udp_gso_batches"] == 0 {
+		t.Errorf("the batch did not go out with UDP_SEGMENT: %v", dp)
+	}
+	t.Logf("sender %v, receiver %v", dp, b.DataPath())
 }

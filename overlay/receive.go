@@ -10,11 +10,14 @@ import (
 // maxDatagram is the largest datagram the receive path reads.
 const maxDatagram = 65535
 
-// receiveUDP reads the data socket until it closes.
+// receiveUDP reads the data socket until it closes. One read may bring a
+// GRO run of datagrams from one sender; each is handled in place.
 func (o *Overlay) receiveUDP() {
+	rx := o.cfg.NewReceiver()
 	buf := make([]byte, maxDatagram)
+	oob := make([]byte, 64)
 	for {
-		n, from, err := o.udp.ReadFromUDPAddrPort(buf)
+		n, segSize, from, err := o.udp.readBatch(buf, oob)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
@@ -22,14 +25,17 @@ func (o *Overlay) receiveUDP() {
 			o.log.Warn("data socket read", "err", err)
 			continue
 		}
-		o.receive(buf[:n], PathUDP, from, nil)
+		for off := 0; off < n; off += segSize {
+			o.receive(rx, buf[off:min(off+segSize, n)], PathUDP, from, nil)
+		}
+		rx.Flush()
 	}
 }
 
 // receive handles one datagram. via says where it came from: for UDP, from
 // is its source; for the stream, sender is the authenticated peer it came
 // from, and datagrams that name another peer's session are refused.
-func (o *Overlay) receive(dgram []byte, via Path, from netip.AddrPort, sender *Peer) {
+func (o *Overlay) receive(rx Receiver, dgram []byte, via Path, from netip.AddrPort, sender *Peer) {
 	h, err := parseHeader(dgram)
 	if err != nil {
 		o.drops.malformed.Add(1)
@@ -79,7 +85,7 @@ func (o *Overlay) receive(dgram []byte, via Path, from netip.AddrPort, sender *P
 		}
 		p.rxPackets.Add(1)
 		p.rxBytes.Add(uint64(len(pt)))
-		o.cfg.Deliver(dgram[:HeaderLen+len(pt)])
+		rx.Deliver(dgram[:HeaderLen+len(pt)])
 	}
 }
 

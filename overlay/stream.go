@@ -137,6 +137,7 @@ func writeFrame(w io.Writer, d []byte) error {
 func (o *Overlay) handleDataStream(st network.Stream) {
 	defer st.Close()
 	p := o.peer(st.Conn().RemotePeer())
+	rx := o.cfg.NewReceiver()
 	r := bufio.NewReaderSize(st, 64<<10)
 	buf := make([]byte, maxDatagram)
 	var l [2]byte
@@ -153,6 +154,9 @@ func (o *Overlay) handleDataStream(st network.Stream) {
 		if _, err := io.ReadFull(r, buf[:n]); err != nil {
 			return
 		}
-		o.receive(buf[:n], PathStream, netip.AddrPort{}, p)
+		o.receive(rx, buf[:n], PathStream, netip.AddrPort{}, p)
+		if r.Buffered() == 0 {
+			rx.Flush()
+		}
 	}
 }

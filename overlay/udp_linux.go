@@ -1,0 +1,129 @@
+package overlay
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+)
+
+// The data socket sends a batch of equal-sized datagrams with one sendmsg
+// (UDP_SEGMENT: the kernel or the NIC cuts them apart) and receives a run of
+// datagrams from one sender with one recvmsg (UDP_GRO). That is where most
+// of the data path's speed comes from: the per-datagram cost of the system
+// call is paid once per batch.
+
+const (
+	// maxGSOBytes bounds one UDP_SEGMENT send: the batch travels as one
+	// UDP packet inside the kernel, whose length field is 16 bits.
+	maxGSOBytes = 65535 - UDPIPv4Overhead
+	// maxGSOSegments is the kernel's UDP_MAX_SEGMENTS.
+	maxGSOSegments = 64
+)
+
+// udpConn is the data socket with its offloads.
+type udpConn struct {
+	*net.UDPConn
+	gso atomic.Bool // UDP_SEGMENT works; cleared on the first refusal
+	gro bool
+
+	gsoBatches atomic.Uint64 // sends of several datagrams in one call
+	groBatches atomic.Uint64 // reads that brought several datagrams
+}
+
+func newUDPConn(c *net.UDPConn) *udpConn {
+	u := &udpConn{UDPConn: c}
+	u.gso.Store(true)
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return u
+	}
+	raw.Control(func(fd uintptr) {
+		// Large buffers ride out bursts of a 64 KiB TSO frame's worth of
+		// datagrams arriving while the receiver is busy decrypting.
+		unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20)
+		unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, 8<<20)
+		u.gro = unix.SetsockoptInt(int(fd), unix.SOL_UDP, unix.UDP_GRO, 1) == nil
+	})
+	return u
+}
+
+// writeBatch sends datagrams laid out back to back in b, each segSize long
+// but the last, which may be shorter.
+func (u *udpConn) writeBatch(b []byte, segSize int, to netip.AddrPort) error {
+	if len(b) <= segSize {
+		_, err := u.WriteToUDPAddrPort(b, to)
+		return err
+	}
+	if u.gso.Load() {
+		var oob [24]byte // unix.CmsgSpace(2)
+		h := (*unix.Cmsghdr)(unsafePointer(&oob[0]))
+		h.Level, h.Type = unix.SOL_UDP, unix.UDP_SEGMENT
+		h.SetLen(unix.CmsgLen(2))
+		binary.NativeEndian.PutUint16(oob[unix.CmsgLen(0):], uint16(segSize))
+		_, _, err := u.WriteMsgUDPAddrPort(b, oob[:unix.CmsgSpace(2)], to)
+		if err == nil {
+			u.gsoBatches.Add(1)
+			return nil
+		}
+		if !errors.Is(err, unix.EIO) && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.EOPNOTSUPP) {
+			return err
+		}
+		// The route's device cannot segment: do it one by one from now on.
+		u.gso.Store(false)
+	}
+	for off := 0; off < len(b); off += segSize {
+		end := min(off+segSize, len(b))
+		if _, err := u.WriteToUDPAddrPort(b[off:end], to); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// readBatch reads one datagram or a GRO run of datagrams from one sender.
+// segSize is the size of each datagram in the run but the last; it equals
+// n for a single datagram.
+func (u *udpConn) readBatch(b, oob []byte) (n, segSize int, from netip.AddrPort, err error) {
+	n, oobn, _, from, err := u.ReadMsgUDPAddrPort(b, oob)
+	if err != nil {
+		return 0, 0, from, err
+	}
+	segSize = n
+	if u.gro && oobn > 0 {
+		if s := groSegmentSize(oob[:oobn]); s > 0 && s < n {
+			segSize = s
+			u.groBatches.Add(1)
+		}
+	}
+	return n, segSize, from, nil
+}
+
+// groSegmentSize finds the UDP_GRO control message and returns its segment
+// size, or 0.
+func groSegmentSize(oob []byte) int {
+	for len(oob) >= unix.CmsgLen(0) {
+		h := (*unix.Cmsghdr)(unsafePointer(&oob[0]))
+		l := int(h.Len)
+		if l < unix.CmsgLen(0) || l > len(oob) {
+			return 0
+		}
+		if h.Level == unix.SOL_UDP && h.Type == unix.UDP_GRO && l >= unix.CmsgLen(4) {
+			return int(binary.NativeEndian.Uint32(oob[unix.CmsgLen(0):]))
+		}
+		next := unix.CmsgSpace(l - unix.CmsgLen(0))
+		if next > len(oob) {
+			return 0
+		}
+		oob = oob[next:]
+	}
+	return 0
+}
+
+func (u *udpConn) String() string {
+	return fmt.Sprintf("udp %v (gso %v, gro %v)", u.LocalAddr(), u.gso.Load(), u.gro)
+}
