@@ -113,6 +113,7 @@ func peers(ctx context.Context, opts testbed.Options, wireguardGo string, runs, 
 	if err := bed.SetLoss(ctx, b, 0); err != nil {
 		return err
 	}
+	fmt.Printf("loss1: %.0f%% of packets dropped on vm a's uplink, both directions, offloads off on both uplinks; counted per run\n", 100*lossShare)
 	lossGbps := map[string][]float64{}
 	for i := range runs {
 		for _, p := range []path{ringnet, wireguard} {
