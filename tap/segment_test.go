@@ -202,3 +202,15 @@ func TestSegmentRefuses(t *testing.T) {
 		})
 	}
 }
+
+func BenchmarkSegment(b *testing.B) {
+	hdr, pkt := partial(l4Spec{payload: pattern(65000)}.packet(), VirtioNetHdrGSOTCPv4, 1360)
+	out := make([]byte, 128<<10)
+	sizes := make([]int, 64)
+	b.SetBytes(int64(len(pkt)))
+	for b.Loop() {
+		if _, _, err := Segment(hdr, pkt, 1400, out, overlayLayout, sizes); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
