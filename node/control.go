@@ -119,11 +119,16 @@ func (n *Node) Status() Status {
 			Name:       n.dev.Name(),
 			MTU:        n.mtu,
 			GatewayMAC: n.gwMAC.String(),
+			Offloads:   n.offloads.VnetHdr,
+			OffloadSet: n.offloads.String(),
 			Counters:   n.gw.Counters(),
+			DataPath:   n.ov.DataPath(),
 		},
 		Drops: n.ov.Drops(),
 		Peers: []PeerStatus{},
 	}
+	st.TAP.Counters["from_vm_drop_bad_vnet_hdr_read"] = n.badVnetHdr.Load()
+	st.TAP.Counters["from_vm_drop_segment_failed"] = n.segmentFailed.Load()
 	for _, a := range n.ov.Host().Addrs() {
 		st.Addresses = append(st.Addresses, a.String()+"/p2p/"+n.ov.ID().String())
 	}

@@ -11,8 +11,8 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"sync"
+	"sync/atomic"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -57,6 +57,12 @@ type Node struct {
 	ov     *overlay.Overlay
 	ctl    *controlServer
 	gwMAC  net.HardwareAddr
+	// offloads: the TAP hands over and takes vnet headers with 64 KiB
+	// TCP frames (datapath.go).
+	offloads tap.OffloadState
+
+	badVnetHdr    atomic.Uint64 // frames whose vnet header did not decode
+	segmentFailed atomic.Uint64 // offloaded packets Segment refused
 
 	wg sync.WaitGroup
 }
@@ -108,7 +114,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger, opts ...Option) (*N
 	if o.device != nil {
 		n.dev = o.device
 	} else {
-		tcfg := tap.Config{Name: cfg.TAP.Name, MTU: n.mtu}
+		tcfg := tap.Config{Name: cfg.TAP.Name, MTU: n.mtu, Offloads: *cfg.TAP.Offloads}
 		if *cfg.TAP.ConfigureAddress {
 			tcfg.Addr = prefix
 		}
@@ -118,6 +124,10 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger, opts ...Option) (*N
 		}
 		n.dev = dev
 		vmMAC = dev.MAC()
+		n.offloads = dev.Offloads()
+		if *cfg.TAP.Offloads && !n.offloads.VnetHdr {
+			log.Warn("the kernel refused TAP offloads: every packet costs a system call", "tap", dev.Name())
+		}
 	}
 
 	dataAddr, _ := netip.ParseAddrPort(cfg.Listen.Data) // validated
@@ -157,7 +167,11 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger, opts ...Option) (*N
 	n.wg.Add(2)
 	go func() {
 		defer n.wg.Done()
-		n.readTAP()
+		if n.offloads.VnetHdr {
+			n.readTAPOffload()
+		} else {
+			n.readTAP()
+		}
 	}()
 	go func() {
 		defer n.wg.Done()
@@ -166,7 +180,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger, opts ...Option) (*N
 	context.AfterFunc(ctx, func() { n.close() })
 	ok = true
 	log.Info("node up", "peer_id", id, "virtual_ip", prefix, "tap", n.dev.Name(),
-		"mtu", n.mtu, "data", n.ov.DataAddr(), "control", n.ov.Host().Addrs())
+		"mtu", n.mtu, "offloads", n.offloads, "data", n.ov.DataAddr(), "control", n.ov.Host().Addrs())
 	return n, nil
 }
 
@@ -196,59 +210,6 @@ func (n *Node) close() {
 		n.log.Warn("shutdown", "err", err)
 	}
 }
-
-// readTAP is the outbound loop: frames from the VM go through the gateway,
-// and the IPv4 packets it picks out go to the overlay. The frame is read
-// two bytes into buf so that its IPv4 packet starts at overlay.HeaderLen,
-// where the overlay seals it in place.
-func (n *Node) readTAP() {
-	const off = overlay.HeaderLen - tap.EthHeaderLen
-	buf := make([]byte, off+65536+overlay.TagLen)
-	reply := make([]byte, tap.ReplyBufLen)
-	fragBuf := make([]byte, overlay.HeaderLen+65536+overlay.TagLen)
-	for {
-		fn, err := n.dev.ReadFrame(buf[off : len(buf)-overlay.TagLen])
-		if err != nil {
-			if !errors.Is(err, os.ErrClosed) {
-				n.log.Debug("TAP read ends", "err", err)
-			}
-			return
-		}
-		r := n.gw.FromVM(buf[off:off+fn], reply)
-		switch r.Verdict {
-		case tap.Forward:
-			n.ov.Send(r.Dst, buf, len(r.Packet))
-		case tap.ForwardFragments:
-			for _, f := range r.Fragments {
-				copy(fragBuf[overlay.HeaderLen:], f)
-				n.ov.Send(r.Dst, fragBuf, len(f))
-			}
-		case tap.Reply:
-			if err := n.dev.WriteFrame(r.Reply); err != nil {
-				n.log.Debug("TAP write", "err", err)
-			}
-		}
-	}
-}
-
-// vmWriter writes packets from the overlay to the VM, one per frame.
-type vmWriter struct{ n *Node }
-
-func (n *Node) newReceiver() overlay.Receiver { return vmWriter{n} }
-
-// Deliver writes one packet, at buf[overlay.HeaderLen:], to the VM; the
-// gateway puts the Ethernet header in front of it.
-func (w vmWriter) Deliver(buf []byte) {
-	frame, ok := w.n.gw.ToVM(buf[overlay.HeaderLen-tap.EthHeaderLen:])
-	if !ok {
-		return
-	}
-	if err := w.n.dev.WriteFrame(frame); err != nil {
-		w.n.log.Debug("TAP write", "err", err)
-	}
-}
-
-func (vmWriter) Flush() {}
 
 // gatewayMAC derives the gateway's MAC from the peer ID: stable across
 // restarts, locally administered and unicast.

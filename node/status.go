@@ -18,11 +18,17 @@ type Status struct {
 
 // TAPStatus describes the VM's device and the virtual gateway.
 type TAPStatus struct {
-	Name       string            `json:"name"`
-	MTU        int               `json:"mtu"`
-	GatewayMAC string            `json:"gateway_mac"`
+	Name       string `json:"name"`
+	MTU        int    `json:"mtu"`
+	GatewayMAC string `json:"gateway_mac"`
+	// Offloads says whether the TAP runs with vnet headers and TSO;
+	// OffloadSet lists what the kernel accepted ("off" when nothing).
 	Offloads   bool              `json:"offloads"`
+	OffloadSet string            `json:"offload_set"`
 	Counters   map[string]uint64 `json:"counters"`
+	// DataPath tells whether the data socket batches with UDP_SEGMENT and
+	// UDP_GRO, and how many batches each carried.
+	DataPath map[string]uint64 `json:"data_path"`
 }
 
 // PeerStatus is one peer's link.
