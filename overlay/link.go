@@ -478,8 +478,7 @@ func (p *Peer) initiate(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s := &session{created: time.Now()}
-	o.newIndex(p, s)
+	s := &session{created: time.Now(), localIndex: o.reserveIndex(p)}
 	installed := false
 	defer func() {
 		if !installed {
@@ -531,6 +530,7 @@ func (p *Peer) initiate(ctx context.Context) error {
 	if err := s.setKeys(suite, resp.index, i2r, r2i); err != nil {
 		return err
 	}
+	o.publish(s)
 	if err := writeMsg(st, []byte{wireVersion, helloConfirm}); err != nil {
 		return fmt.Errorf("send confirm: %w", err)
 	}
@@ -577,12 +577,12 @@ func (p *Peer) respond(st network.Stream) error {
 		o.drops.badHandshake.Add(1)
 		return err
 	}
-	s := &session{created: time.Now()}
-	o.newIndex(p, s)
+	s := &session{created: time.Now(), localIndex: o.reserveIndex(p)}
 	if err := s.setKeys(suite, init.index, r2i, i2r); err != nil {
 		o.dropIndex(s.localIndex)
 		return err
 	}
+	o.publish(s)
 	resp := &hello{
 		typ:      helloResp,
 		suites:   []Suite{suite},

@@ -230,8 +230,9 @@ func (o *Overlay) Holds(addr netip.Addr) bool {
 	return o.byAddr[addr] != nil
 }
 
-// newIndex registers a session under a fresh random receiver index.
-func (o *Overlay) newIndex(p *Peer, s *session) {
+// reserveIndex picks a fresh random receiver index for a session being
+// built. Datagrams naming it are refused until publish.
+func (o *Overlay) reserveIndex(p *Peer) uint32 {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	for {
@@ -241,9 +242,17 @@ func (o *Overlay) newIndex(p *Peer, s *session) {
 		if idx == 0 || o.byIndex[idx] != nil {
 			continue
 		}
-		s.localIndex = idx
-		o.byIndex[idx] = &indexEntry{peer: p, session: s}
-		return
+		o.byIndex[idx] = &indexEntry{peer: p}
+		return idx
+	}
+}
+
+// publish makes a session, its keys set, reachable by its receiver index.
+func (o *Overlay) publish(s *session) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if e := o.byIndex[s.localIndex]; e != nil {
+		e.session = s
 	}
 }
 

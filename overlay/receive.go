@@ -41,16 +41,16 @@ func (o *Overlay) receive(rx Receiver, dgram []byte, via Path, from netip.AddrPo
 		o.drops.malformed.Add(1)
 		return
 	}
+	var p *Peer
+	var s *session
 	o.mu.RLock()
-	e := o.byIndex[h.receiver]
-	o.mu.RUnlock()
-	if e == nil || (sender != nil && e.peer != sender) {
-		o.drops.unknownPeer.Add(1)
-		return
+	if e := o.byIndex[h.receiver]; e != nil {
+		p, s = e.peer, e.session
 	}
-	p, s := e.peer, e.session
-	if s.recv == nil {
-		o.drops.unknownPeer.Add(1) // handshake still in progress
+	o.mu.RUnlock()
+	// No session yet (a handshake in progress) counts as unknown too.
+	if s == nil || (sender != nil && p != sender) {
+		o.drops.unknownPeer.Add(1)
 		return
 	}
 	pt, err := s.open(h, dgram)
