@@ -173,3 +173,20 @@ func FuzzGROSegmentSize(f *testing.F) {
 		}
 	})
 }
+
+func TestSealAndOpenDoNotAllocate(t *testing.T) {
+	a, b := sessionPair(t, SuiteAES256GCM)
+	buf := make([]byte, HeaderLen+1400+TagLen)
+	work := make([]byte, len(buf))
+	allocs := testing.AllocsPerRun(100, func() {
+		d, _ := a.seal(typeData, buf, 1400)
+		copy(work, d)
+		h, _ := parseHeader(work)
+		if _, err := b.open(h, work); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs != 0 {
+		t.Fatalf("seal and open allocate %.1f times per datagram", allocs)
+	}
+}

@@ -3,7 +3,6 @@ package overlay
 import (
 	"crypto/aes"
 	"crypto/cipher"
-	"encoding/binary"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -92,11 +91,11 @@ type session struct {
 	replay   replay.Filter
 }
 
-// nonce builds the 96-bit AEAD nonce from a datagram counter.
-func nonce(counter uint64, out *[12]byte) {
-	*out = [12]byte{}
-	binary.BigEndian.PutUint64(out[4:], counter)
-}
+// nonce is a datagram's 96-bit AEAD nonce: the receiver index and the
+// counter, bytes 4 to 16 of its header. The index is fixed for a key and
+// the counter never repeats under it, so no nonce repeats; and taking it
+// from the header needs no buffer of its own.
+func nonce(dgram []byte) []byte { return dgram[4:HeaderLen] }
 
 // seal encrypts the payload at buf[HeaderLen:HeaderLen+n] in place and
 // returns the datagram, header included. buf needs TagLen bytes of spare
@@ -107,9 +106,7 @@ func (s *session) seal(typ byte, buf []byte, n int) (dgram []byte, ok bool) {
 		return nil, false
 	}
 	header{typ: typ, receiver: s.remoteIndex, counter: counter}.put(buf)
-	var nc [12]byte
-	nonce(counter, &nc)
-	out := s.send.Seal(buf[HeaderLen:HeaderLen], nc[:], buf[HeaderLen:HeaderLen+n], buf[:HeaderLen])
+	out := s.send.Seal(buf[HeaderLen:HeaderLen], nonce(buf), buf[HeaderLen:HeaderLen+n], buf[:HeaderLen])
 	return buf[:HeaderLen+len(out)], true
 }
 
@@ -117,9 +114,7 @@ func (s *session) seal(typ byte, buf []byte, n int) (dgram []byte, ok bool) {
 // the replay window. It returns the plaintext, which starts at
 // dgram[HeaderLen:].
 func (s *session) open(h header, dgram []byte) ([]byte, error) {
-	var nc [12]byte
-	nonce(h.counter, &nc)
-	pt, err := s.recv.Open(dgram[HeaderLen:HeaderLen], nc[:], dgram[HeaderLen:], dgram[:HeaderLen])
+	pt, err := s.recv.Open(dgram[HeaderLen:HeaderLen], nonce(dgram), dgram[HeaderLen:], dgram[:HeaderLen])
 	if err != nil {
 		return nil, errAuth
 	}
