@@ -31,6 +31,7 @@ func main() {
 	seconds := flag.Int("seconds", 10, "length of each iperf3 run")
 	pings := flag.Int("pings", 200, "pings per path for the RTT")
 	wireguardGo := flag.String("wireguard-go", "wireguard-go", "path of the wireguard-go binary (peers)")
+	offloads := flag.Bool("offloads", true, "open the nodes' TAP devices with offloads (tap.offloads)")
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "usage: ringbench [flags] BENCHMARK\n\nBenchmarks: throughput, peers\n\nFlags:\n")
 		flag.PrintDefaults()
@@ -47,12 +48,13 @@ func main() {
 		RingnetPath: *ringnet,
 		Logf:        func(format string, args ...any) { fmt.Fprintf(os.Stderr, format+"\n", args...) },
 	}
+	base := node.Config{TAP: node.TAPConfig{Offloads: offloads}}
 	var err error
 	switch name := flag.Arg(0); name {
 	case "throughput":
-		err = throughput(ctx, opts, *runs, *seconds, *pings)
+		err = throughput(ctx, opts, base, *runs, *seconds, *pings)
 	case "peers":
-		err = peers(ctx, opts, *wireguardGo, *runs, *seconds, *pings)
+		err = peers(ctx, opts, base, *wireguardGo, *runs, *seconds, *pings)
 	default:
 		fmt.Fprintf(os.Stderr, "ringbench: no benchmark %q\n", name)
 		flag.Usage()
@@ -66,9 +68,9 @@ func main() {
 }
 
 // newPair builds a bed with two VMs at two public sites whose nodes are
-// static peers of each other, and waits until the overlay carries a ping.
-// The caller closes the bed.
-func newPair(ctx context.Context, opts testbed.Options) (bed *testbed.Bed, a, b *testbed.VM, err error) {
+// static peers of each other, with base as the start of their config, and
+// waits until the overlay carries a ping. The caller closes the bed.
+func newPair(ctx context.Context, opts testbed.Options, base node.Config) (bed *testbed.Bed, a, b *testbed.VM, err error) {
 	bed, err = testbed.New(ctx, opts)
 	if err != nil {
 		return nil, nil, nil, err
@@ -89,7 +91,7 @@ func newPair(ctx context.Context, opts testbed.Options) (bed *testbed.Bed, a, b 
 			return nil, nil, nil, err
 		}
 	}
-	if err := testbed.StartMesh(ctx, node.Config{}, vms[:], []string{vipA + "/16", vipB + "/16"}); err != nil {
+	if err := testbed.StartMesh(ctx, base, vms[:], []string{vipA + "/16", vipB + "/16"}); err != nil {
 		return nil, nil, nil, err
 	}
 	return bed, vms[0], vms[1], nil

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/ringnet/ringnet/bench/testbed"
+	"github.com/ringnet/ringnet/node"
 )
 
 // Addresses of the pair's wireguard-go interfaces, beside the overlay's
@@ -41,7 +42,7 @@ type path struct{ name, addr string }
 // underlay packet between the VMs crosses exactly one lossy hook: 1% loss on
 // the path. VM b's uplink gets a rule that drops nothing, so that both
 // uplinks have their segmentation offloads off alike.
-func peers(ctx context.Context, opts testbed.Options, wireguardGo string, runs, seconds, pings int) error {
+func peers(ctx context.Context, opts testbed.Options, base node.Config, wireguardGo string, runs, seconds, pings int) error {
 	wgPath, err := exec.LookPath(wireguardGo)
 	if err == nil {
 		wgPath, err = filepath.Abs(wgPath)
@@ -53,7 +54,7 @@ func peers(ctx context.Context, opts testbed.Options, wireguardGo string, runs, 
 	if err != nil {
 		return fmt.Errorf("%s --version: %w", wgPath, err)
 	}
-	bed, a, b, err := newPair(ctx, opts)
+	bed, a, b, err := newPair(ctx, opts, base)
 	if err != nil {
 		return err
 	}

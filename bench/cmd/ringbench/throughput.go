@@ -7,6 +7,7 @@ import (
 	"strconv"
 
 	"github.com/ringnet/ringnet/bench/testbed"
+	"github.com/ringnet/ringnet/node"
 )
 
 // Virtual addresses of the pair's nodes.
@@ -19,8 +20,8 @@ const (
 // ping RTT from VM a to VM b, through the overlay and between the same VMs'
 // underlay addresses, alternating the two paths so that both see the same
 // machine.
-func throughput(ctx context.Context, opts testbed.Options, runs, seconds, pings int) error {
-	bed, a, b, err := newPair(ctx, opts)
+func throughput(ctx context.Context, opts testbed.Options, base node.Config, runs, seconds, pings int) error {
+	bed, a, b, err := newPair(ctx, opts, base)
 	if err != nil {
 		return err
 	}
