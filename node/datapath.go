@@ -24,71 +24,142 @@ import (
 // is opened, and a tap.Coalescer joins the flow's segments into one frame
 // again for one TAP write.
 
-// readTAP is the outbound loop for plain frames.
+// frameBatch is how many frames one read of the TAP may bring.
+const frameBatch = 16
+
+// frameReader reads frames in batches where the device can.
+type frameReader struct {
+	dev   tap.Device
+	batch tap.BatchReader
+}
+
+func newFrameReader(dev tap.Device) frameReader {
+	b, _ := dev.(tap.BatchReader)
+	return frameReader{dev: dev, batch: b}
+}
+
+func (r frameReader) read(bufs [][]byte, sizes []int) (int, error) {
+	if r.batch != nil {
+		return r.batch.ReadFrames(bufs, sizes)
+	}
+	n, err := r.dev.ReadFrame(bufs[0])
+	sizes[0] = n
+	if err != nil {
+		return 0, err
+	}
+	return 1, nil
+}
+
+// frameBufs makes frameBatch buffers of size bytes each.
+func frameBufs(size int) [][]byte {
+	bufs := make([][]byte, frameBatch)
+	for i := range bufs {
+		bufs[i] = make([]byte, size)
+	}
+	return bufs
+}
+
+// readTAP is the outbound loop for plain frames. Each frame is read two
+// bytes into its buffer so that its IPv4 packet starts at
+// overlay.HeaderLen, where it is sealed in place; the batch's datagrams go
+// out together with one sendmmsg.
 func (n *Node) readTAP() {
 	const off = overlay.HeaderLen - tap.EthHeaderLen
-	buf := make([]byte, off+65536+overlay.TagLen)
+	bufs := frameBufs(off + 65536 + overlay.TagLen)
+	reads := make([][]byte, frameBatch)
+	for i, b := range bufs {
+		reads[i] = b[off : len(b)-overlay.TagLen]
+	}
+	sizes := make([]int, frameBatch)
 	reply := make([]byte, tap.ReplyBufLen)
+	q := n.ov.NewSendQueue(frameBatch)
 	var frags fragmentSender
+	r := newFrameReader(n.dev)
 	for {
-		fn, err := n.dev.ReadFrame(buf[off : len(buf)-overlay.TagLen])
+		cnt, err := r.read(reads, sizes)
 		if err != nil {
 			n.readEnded(err)
 			return
 		}
-		r := n.gw.FromVM(buf[off:off+fn], reply)
-		switch r.Verdict {
-		case tap.Forward:
-			n.ov.Send(r.Dst, buf, len(r.Packet))
-		case tap.ForwardFragments:
-			frags.send(n.ov, r)
-		case tap.Reply:
-			n.writeVM(r.Reply)
+		for i := range cnt {
+			res := n.gw.FromVM(reads[i][:sizes[i]], reply)
+			switch res.Verdict {
+			case tap.Forward:
+				q.Send(res.Dst, bufs[i], len(res.Packet))
+			case tap.ForwardFragments:
+				q.Flush() // keep the flow in order
+				frags.send(n.ov, res)
+			case tap.Reply:
+				n.writeVM(res.Reply)
+			}
 		}
+		q.Flush()
 	}
 }
 
-// readTAPOffload is the outbound loop for a TAP with vnet headers.
+// readTAPOffload is the outbound loop for a TAP with vnet headers. Large
+// frames are cut into segments and sent as one UDP_SEGMENT batch each;
+// small ones are queued and leave together with one sendmmsg.
 func (n *Node) readTAPOffload() {
-	buf := make([]byte, tap.VirtioNetHdrLen+tap.EthHeaderLen+65536)
+	// A frame read at vnetOff puts its IPv4 header at ipOff; the overlay
+	// header goes in the HeaderLen bytes before it (from sendOff), so a
+	// complete packet is sealed where it was read.
+	const (
+		vnetOff = 8
+		ipOff   = vnetOff + tap.VirtioNetHdrLen + tap.EthHeaderLen
+		sendOff = ipOff - overlay.HeaderLen
+	)
+	bufs := frameBufs(ipOff + 65536 + overlay.TagLen)
+	reads := make([][]byte, frameBatch)
+	for i, b := range bufs {
+		reads[i] = b[vnetOff : len(b)-overlay.TagLen]
+	}
+	sizes := make([]int, frameBatch)
 	reply := make([]byte, tap.ReplyBufLen+tap.VirtioNetHdrLen)
 	layout := tap.SegmentLayout{Headroom: overlay.HeaderLen, Tailroom: overlay.TagLen}
 	// A 64 KiB packet in segments of at least 576 bytes, each with its
 	// header and tag.
 	const maxSegs = 65536/(576-40) + 1
 	segs := make([]byte, maxSegs*(n.mtu+overlay.Overhead))
-	sizes := make([]int, maxSegs)
+	segSizes := make([]int, maxSegs)
+	q := n.ov.NewSendQueue(frameBatch)
 	var frags fragmentSender
+	r := newFrameReader(n.dev)
 	for {
-		fn, err := n.dev.ReadFrame(buf)
+		cnt, err := r.read(reads, sizes)
 		if err != nil {
 			n.readEnded(err)
 			return
 		}
-		var hdr tap.VirtioNetHdr
-		if fn < tap.VirtioNetHdrLen || hdr.Decode(buf[:tap.VirtioNetHdrLen]) != nil {
-			n.badVnetHdr.Add(1)
-			continue
-		}
-		r := n.gw.FromVMOffload(hdr, buf[tap.VirtioNetHdrLen:fn], reply)
-		switch r.Verdict {
-		case tap.Forward:
-			// A complete packet: Segment copies it into place.
-			r.GSO = tap.VirtioNetHdr{}
-			fallthrough
-		case tap.ForwardGSO:
-			cnt, stride, err := tap.Segment(r.GSO, r.Packet, n.mtu, segs, layout, sizes)
-			if err != nil {
-				n.segmentFailed.Add(1)
-				n.log.Debug("segment", "err", err)
+		for i := range cnt {
+			frame := reads[i][:sizes[i]]
+			var hdr tap.VirtioNetHdr
+			if len(frame) < tap.VirtioNetHdrLen || hdr.Decode(frame) != nil {
+				n.badVnetHdr.Add(1)
 				continue
 			}
-			n.ov.SendSegments(r.Dst, segs, stride, sizes[:cnt])
-		case tap.ForwardFragments:
-			frags.send(n.ov, r)
-		case tap.Reply:
-			n.writeVM(r.Reply)
+			res := n.gw.FromVMOffload(hdr, frame[tap.VirtioNetHdrLen:], reply)
+			switch res.Verdict {
+			case tap.Forward:
+				// Complete, and already where it is sealed.
+				q.Send(res.Dst, bufs[i][sendOff:], len(res.Packet))
+			case tap.ForwardGSO:
+				c, stride, err := tap.Segment(res.GSO, res.Packet, n.mtu, segs, layout, segSizes)
+				if err != nil {
+					n.segmentFailed.Add(1)
+					n.log.Debug("segment", "err", err)
+					continue
+				}
+				q.Flush() // keep the flow in order
+				n.ov.SendSegments(res.Dst, segs, stride, segSizes[:c])
+			case tap.ForwardFragments:
+				q.Flush()
+				frags.send(n.ov, res)
+			case tap.Reply:
+				n.writeVM(res.Reply)
+			}
 		}
+		q.Flush()
 	}
 }
 

@@ -123,7 +123,11 @@ func New(ctx context.Context, cfg Config) (*Overlay, error) {
 	if err != nil {
 		return nil, fmt.Errorf("data socket %v: %w", cfg.DataAddr, err)
 	}
-	udp := newUDPConn(conn)
+	udp, err := newUDPConn(conn)
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("data socket: %w", err)
+	}
 	h, err := newHost(cfg.Identity, cfg.ControlAddrs, cfg.VirtualSubnets)
 	if err != nil {
 		udp.Close()
@@ -347,6 +351,7 @@ func (o *Overlay) DataPath() map[string]uint64 {
 		"udp_gro":         b2u(o.udp.gro),
 		"udp_gso_batches": o.udp.gsoBatches.Load(),
 		"udp_gro_batches": o.udp.groBatches.Load(),
+		"sendmmsg_calls":  o.udp.mmsgBatches.Load(),
 	}
 }
 

@@ -333,3 +333,40 @@ func TestSendSegmentsDeliversTheBatchInOrder(t *testing.T) {
 	}
 	t.Logf("sender %v, receiver %v", dp, b.DataPath())
 }
+
+func TestSendQueueBatchesToSeveralPeers(t *testing.T) {
+	a := newTestNode(t, "10.128.0.1", 0)
+	b := newTestNode(t, "10.128.0.2", 0)
+	c := newTestNode(t, "10.128.0.3", 0)
+	link(t, a, b)
+	link(t, a, c)
+	q := a.NewSendQueue(16)
+	var bufs [][]byte
+	var toB, toC [][]byte
+	for i := range 10 {
+		dst, got := "10.128.0.2", &toB
+		if i%2 == 1 {
+			dst, got = "10.128.0.3", &toC
+		}
+		pkt := ipv4("10.128.0.1", dst, string(rune('a'+i)))
+		buf := make([]byte, HeaderLen+len(pkt)+TagLen)
+		copy(buf[HeaderLen:], pkt)
+		bufs = append(bufs, buf) // kept until Flush
+		if err := q.Send(netip.MustParseAddr(dst), buf, len(pkt)); err != nil {
+			t.Fatal(err)
+		}
+		*got = append(*got, pkt)
+	}
+	if err := q.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for _, pkt := range toB {
+		expectPacket(t, b, pkt)
+	}
+	for _, pkt := range toC {
+		expectPacket(t, c, pkt)
+	}
+	if n := a.DataPath()["sendmmsg_calls"]; n != 1 {
+		t.Fatalf("sendmmsg calls = %d, want the 10 datagrams in 1", n)
+	}
+}

@@ -10,14 +10,24 @@ import (
 // maxDatagram is the largest datagram the receive path reads.
 const maxDatagram = 65535
 
-// receiveUDP reads the data socket until it closes. One read may bring a
-// GRO run of datagrams from one sender; each is handled in place.
+// recvBatch is how many reads one recvmmsg takes; each may be a GRO run.
+const recvBatch = 8
+
+// receiveUDP reads the data socket until it closes: up to recvBatch reads
+// per system call, each a datagram or a GRO run of datagrams from one
+// sender, handled in place. The Receiver's batch ends with the call.
 func (o *Overlay) receiveUDP() {
 	rx := o.cfg.NewReceiver()
-	buf := make([]byte, maxDatagram)
-	oob := make([]byte, 64)
+	m := newMmsgs(recvBatch, 64)
+	bufs := make([][]byte, recvBatch)
+	for i := range bufs {
+		bufs[i] = make([]byte, maxDatagram)
+	}
 	for {
-		n, segSize, from, err := o.udp.readBatch(buf, oob)
+		for i := range recvBatch {
+			m.set(i, bufs[i], netip.AddrPort{})
+		}
+		cnt, err := o.udp.recvmmsg(m, recvBatch)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
@@ -25,8 +35,13 @@ func (o *Overlay) receiveUDP() {
 			o.log.Warn("data socket read", "err", err)
 			continue
 		}
-		for off := 0; off < n; off += segSize {
-			o.receive(rx, buf[off:min(off+segSize, n)], PathUDP, from, nil)
+		for i := range cnt {
+			n, oob := m.received(i)
+			segSize := o.udp.segmentSize(n, oob)
+			from := m.from(i)
+			for off := 0; off < n; off += segSize {
+				o.receive(rx, bufs[i][off:min(off+segSize, n)], PathUDP, from, nil)
+			}
 		}
 		rx.Flush()
 	}

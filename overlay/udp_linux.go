@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"sync/atomic"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -28,20 +29,23 @@ const (
 // udpConn is the data socket with its offloads.
 type udpConn struct {
 	*net.UDPConn
+	raw syscall.RawConn
 	gso atomic.Bool // UDP_SEGMENT works; cleared on the first refusal
 	gro bool
 
 	gsoBatches atomic.Uint64 // sends of several datagrams in one call
 	groBatches atomic.Uint64 // reads that brought several datagrams
+	// mmsgBatches counts sendmmsg calls of queued small datagrams.
+	mmsgBatches atomic.Uint64
 }
 
-func newUDPConn(c *net.UDPConn) *udpConn {
-	u := &udpConn{UDPConn: c}
-	u.gso.Store(true)
+func newUDPConn(c *net.UDPConn) (*udpConn, error) {
 	raw, err := c.SyscallConn()
 	if err != nil {
-		return u
+		return nil, err
 	}
+	u := &udpConn{UDPConn: c, raw: raw}
+	u.gso.Store(true)
 	raw.Control(func(fd uintptr) {
 		// Large buffers ride out bursts of a 64 KiB TSO frame's worth of
 		// datagrams arriving while the receiver is busy decrypting.
@@ -49,7 +53,7 @@ func newUDPConn(c *net.UDPConn) *udpConn {
 		unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, 8<<20)
 		u.gro = unix.SetsockoptInt(int(fd), unix.SOL_UDP, unix.UDP_GRO, 1) == nil
 	})
-	return u
+	return u, nil
 }
 
 // writeBatch sends datagrams laid out back to back in b, each segSize long
@@ -85,22 +89,16 @@ func (u *udpConn) writeBatch(b []byte, segSize int, to netip.AddrPort) error {
 	return nil
 }
 
-// readBatch reads one datagram or a GRO run of datagrams from one sender.
-// segSize is the size of each datagram in the run but the last; it equals
-// n for a single datagram.
-func (u *udpConn) readBatch(b, oob []byte) (n, segSize int, from netip.AddrPort, err error) {
-	n, oobn, _, from, err := u.ReadMsgUDPAddrPort(b, oob)
-	if err != nil {
-		return 0, 0, from, err
-	}
-	segSize = n
-	if u.gro && oobn > 0 {
-		if s := groSegmentSize(oob[:oobn]); s > 0 && s < n {
-			segSize = s
+// segmentSize is the size of each datagram of an n-byte read but the
+// last: the UDP_GRO segment size when the read was a GRO run, n otherwise.
+func (u *udpConn) segmentSize(n int, oob []byte) int {
+	if u.gro && len(oob) > 0 {
+		if s := groSegmentSize(oob); s > 0 && s < n {
 			u.groBatches.Add(1)
+			return s
 		}
 	}
-	return n, segSize, from, nil
+	return n
 }
 
 // groSegmentSize finds the UDP_GRO control message and returns its segment

@@ -21,3 +21,12 @@ type Device interface {
 	Name() string
 	io.Closer
 }
+
+// BatchReader is a Device that reads several frames in one call, so that a
+// burst of small packets costs one wake-up rather than one each.
+type BatchReader interface {
+	// ReadFrames waits for one frame, then takes without waiting up to
+	// len(bufs)-1 more that are already queued. Frame i lands in bufs[i]
+	// with its length in sizes[i]; it returns how many it read.
+	ReadFrames(bufs [][]byte, sizes []int) (int, error)
+}

@@ -207,6 +207,34 @@ func (d *Linux) ReadFrame(buf []byte) (int, error) {
 
 // WriteFrame writes one Ethernet frame to the kernel, as if it had arrived
 // on the interface; with offloads, preceded by a VirtioNetHdr.
+// ReadFrames implements BatchReader: after one blocking read it reads on
+// until the device has nothing queued (EAGAIN) or bufs are full.
+func (d *Linux) ReadFrames(bufs [][]byte, sizes []int) (int, error) {
+	n, err := d.file.Read(bufs[0])
+	if err != nil {
+		return 0, err
+	}
+	sizes[0] = n
+	raw, err := d.file.SyscallConn()
+	if err != nil {
+		return 1, nil
+	}
+	count := 1
+	for count < len(bufs) {
+		var rn int
+		var rerr error
+		if err := raw.Read(func(fd uintptr) bool {
+			rn, rerr = unix.Read(int(fd), bufs[count])
+			return true // one try: never wait for more
+		}); err != nil || rerr != nil || rn <= 0 {
+			break
+		}
+		sizes[count] = rn
+		count++
+	}
+	return count, nil
+}
+
 func (d *Linux) WriteFrame(frame []byte) error {
 	_, err := d.file.Write(frame)
 	return err

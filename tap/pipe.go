@@ -46,6 +46,27 @@ func NewPipe() (vm, node *Pipe) {
 // ReadFrame waits for the next frame and copies it into buf. A frame longer
 // than buf is cut to fit and reported with io.ErrShortBuffer, so tests see
 // a too-small buffer instead of a silently truncated frame.
+// ReadFrames implements BatchReader.
+func (p *Pipe) ReadFrames(bufs [][]byte, sizes []int) (int, error) {
+	n, err := p.ReadFrame(bufs[0])
+	if err != nil {
+		return 0, err
+	}
+	sizes[0] = n
+	count := 1
+	for ; count < len(bufs); count++ {
+		select {
+		case frame := <-p.in:
+			if sizes[count], err = p.deliver(bufs[count], frame); err != nil {
+				return count, nil
+			}
+		default:
+			return count, nil
+		}
+	}
+	return count, nil
+}
+
 func (p *Pipe) ReadFrame(buf []byte) (int, error) {
 	if p.isClosed() {
 		return 0, p.closedErr("read")

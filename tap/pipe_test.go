@@ -123,3 +123,30 @@ func TestPipeNames(t *testing.T) {
 		t.Errorf("both ends are named %q", vm.Name())
 	}
 }
+
+func TestPipeReadFramesTakesWhatIsQueued(t *testing.T) {
+	vm, node := NewPipe()
+	defer vm.Close()
+	defer node.Close()
+	for i := range 5 {
+		if err := vm.WriteFrame([]byte{byte(i), byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bufs := [][]byte{make([]byte, 64), make([]byte, 64), make([]byte, 64)}
+	sizes := make([]int, 3)
+	for _, want := range [][]int{{0, 1, 2}, {3, 4}} {
+		n, err := node.ReadFrames(bufs, sizes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n != len(want) {
+			t.Fatalf("read %d frames, want %d", n, len(want))
+		}
+		for i, w := range want {
+			if sizes[i] != 2 || bufs[i][0] != byte(w) {
+				t.Fatalf("frame %d = %x, want %d", i, bufs[i][:sizes[i]], w)
+			}
+		}
+	}
+}
