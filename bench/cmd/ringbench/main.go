@@ -4,6 +4,7 @@
 //
 //	./scripts/bench throughput
 //	./scripts/bench peers
+//	./scripts/bench ring
 //
 // Benchmarks:
 //
@@ -11,6 +12,9 @@
 //	            sites, through the overlay and on the raw underlay path
 //	peers       the same pair through ringnet and through wireguard-go, and
 //	            the raw underlay; then both tunnels with 1% underlay loss
+//	ring        the ring's routing code over 100 to 100,000 simulated nodes
+//	            (bench/sim): hops, links per node, messages per join, rounds
+//	            to heal after 10% of the nodes fail; no test bed needed
 package main
 
 import (
@@ -31,9 +35,10 @@ func main() {
 	seconds := flag.Int("seconds", 10, "length of each iperf3 run")
 	pings := flag.Int("pings", 200, "pings per path for the RTT")
 	wireguardGo := flag.String("wireguard-go", "wireguard-go", "path of the wireguard-go binary (peers)")
+	seed := flag.Uint64("seed", 1, "random seed of the simulated ring (ring)")
 	offloads := flag.Bool("offloads", true, "open the nodes' TAP devices with offloads (tap.offloads)")
 	flag.Usage = func() {
-		fmt.Fprintf(flag.CommandLine.Output(), "usage: ringbench [flags] BENCHMARK\n\nBenchmarks: throughput, peers\n\nFlags:\n")
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: ringbench [flags] BENCHMARK\n\nBenchmarks: throughput, peers, ring\n\nFlags:\n")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
@@ -55,6 +60,8 @@ func main() {
 		err = throughput(ctx, opts, base, *runs, *seconds, *pings)
 	case "peers":
 		err = peers(ctx, opts, base, *wireguardGo, *runs, *seconds, *pings)
+	case "ring":
+		err = ring(ctx, os.Stdout, *seed)
 	default:
 		fmt.Fprintf(os.Stderr, "ringbench: no benchmark %q\n", name)
 		flag.Usage()
