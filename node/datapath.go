@@ -50,13 +50,32 @@ func (r frameReader) read(bufs [][]byte, sizes []int) (int, error) {
 	return 1, nil
 }
 
-// frameBufs makes frameBatch buffers of size bytes each.
-func frameBufs(size int) [][]byte {
+// outbound is the loop that reads frames from the TAP, in batches, each
+// readOff bytes into a buffer of its own, and hands each to handle with
+// the batch's send queue. The queue is flushed when the batch is done.
+func (n *Node) outbound(readOff int, handle func(buf, frame []byte, q *overlay.SendQueue)) {
 	bufs := make([][]byte, frameBatch)
+	reads := make([][]byte, frameBatch)
 	for i := range bufs {
-		bufs[i] = make([]byte, size)
+		bufs[i] = make([]byte, readOff+tap.VirtioNetHdrLen+tap.EthHeaderLen+65536+overlay.TagLen)
+		reads[i] = bufs[i][readOff : len(bufs[i])-overlay.TagLen]
 	}
-	return bufs
+	sizes := make([]int, frameBatch)
+	q := n.ov.NewSendQueue(frameBatch)
+	r := newFrameReader(n.dev)
+	for {
+		cnt, err := r.read(reads, sizes)
+		if err != nil {
+			if !errors.Is(err, os.ErrClosed) {
+				n.log.Debug("TAP read ends", "err", err)
+			}
+			return
+		}
+		for i := range cnt {
+			handle(bufs[i], reads[i][:sizes[i]], q)
+		}
+		q.Flush()
+	}
 }
 
 // readTAP is the outbound loop for plain frames. Each frame is read two
@@ -64,37 +83,20 @@ func frameBufs(size int) [][]byte {
 // overlay.HeaderLen, where it is sealed in place; the batch's datagrams go
 // out together with one sendmmsg.
 func (n *Node) readTAP() {
-	const off = overlay.HeaderLen - tap.EthHeaderLen
-	bufs := frameBufs(off + 65536 + overlay.TagLen)
-	reads := make([][]byte, frameBatch)
-	for i, b := range bufs {
-		reads[i] = b[off : len(b)-overlay.TagLen]
-	}
-	sizes := make([]int, frameBatch)
 	reply := make([]byte, tap.ReplyBufLen)
-	q := n.ov.NewSendQueue(frameBatch)
 	var frags fragmentSender
-	r := newFrameReader(n.dev)
-	for {
-		cnt, err := r.read(reads, sizes)
-		if err != nil {
-			n.readEnded(err)
-			return
+	n.outbound(overlay.HeaderLen-tap.EthHeaderLen, func(buf, frame []byte, q *overlay.SendQueue) {
+		res := n.gw.FromVM(frame, reply)
+		switch res.Verdict {
+		case tap.Forward:
+			q.Send(res.Dst, buf, len(res.Packet))
+		case tap.ForwardFragments:
+			q.Flush() // keep the flow in order
+			frags.send(n.ov, res)
+		case tap.Reply:
+			n.writeVM(res.Reply)
 		}
-		for i := range cnt {
-			res := n.gw.FromVM(reads[i][:sizes[i]], reply)
-			switch res.Verdict {
-			case tap.Forward:
-				q.Send(res.Dst, bufs[i], len(res.Packet))
-			case tap.ForwardFragments:
-				q.Flush() // keep the flow in order
-				frags.send(n.ov, res)
-			case tap.Reply:
-				n.writeVM(res.Reply)
-			}
-		}
-		q.Flush()
-	}
+	})
 }
 
 // readTAPOffload is the outbound loop for a TAP with vnet headers. Large
@@ -109,12 +111,6 @@ func (n *Node) readTAPOffload() {
 		ipOff   = vnetOff + tap.VirtioNetHdrLen + tap.EthHeaderLen
 		sendOff = ipOff - overlay.HeaderLen
 	)
-	bufs := frameBufs(ipOff + 65536 + overlay.TagLen)
-	reads := make([][]byte, frameBatch)
-	for i, b := range bufs {
-		reads[i] = b[vnetOff : len(b)-overlay.TagLen]
-	}
-	sizes := make([]int, frameBatch)
 	reply := make([]byte, tap.ReplyBufLen+tap.VirtioNetHdrLen)
 	layout := tap.SegmentLayout{Headroom: overlay.HeaderLen, Tailroom: overlay.TagLen}
 	// A 64 KiB packet in segments of at least 576 bytes, each with its
@@ -122,51 +118,34 @@ func (n *Node) readTAPOffload() {
 	const maxSegs = 65536/(576-40) + 1
 	segs := make([]byte, maxSegs*(n.mtu+overlay.Overhead))
 	segSizes := make([]int, maxSegs)
-	q := n.ov.NewSendQueue(frameBatch)
 	var frags fragmentSender
-	r := newFrameReader(n.dev)
-	for {
-		cnt, err := r.read(reads, sizes)
-		if err != nil {
-			n.readEnded(err)
+	n.outbound(vnetOff, func(buf, frame []byte, q *overlay.SendQueue) {
+		var hdr tap.VirtioNetHdr
+		if len(frame) < tap.VirtioNetHdrLen || hdr.Decode(frame) != nil {
+			n.badVnetHdr.Add(1)
 			return
 		}
-		for i := range cnt {
-			frame := reads[i][:sizes[i]]
-			var hdr tap.VirtioNetHdr
-			if len(frame) < tap.VirtioNetHdrLen || hdr.Decode(frame) != nil {
-				n.badVnetHdr.Add(1)
-				continue
+		res := n.gw.FromVMOffload(hdr, frame[tap.VirtioNetHdrLen:], reply)
+		switch res.Verdict {
+		case tap.Forward:
+			// Complete, and already where it is sealed.
+			q.Send(res.Dst, buf[sendOff:], len(res.Packet))
+		case tap.ForwardGSO:
+			c, stride, err := tap.Segment(res.GSO, res.Packet, n.mtu, segs, layout, segSizes)
+			if err != nil {
+				n.segmentFailed.Add(1)
+				n.log.Debug("segment", "err", err)
+				return
 			}
-			res := n.gw.FromVMOffload(hdr, frame[tap.VirtioNetHdrLen:], reply)
-			switch res.Verdict {
-			case tap.Forward:
-				// Complete, and already where it is sealed.
-				q.Send(res.Dst, bufs[i][sendOff:], len(res.Packet))
-			case tap.ForwardGSO:
-				c, stride, err := tap.Segment(res.GSO, res.Packet, n.mtu, segs, layout, segSizes)
-				if err != nil {
-					n.segmentFailed.Add(1)
-					n.log.Debug("segment", "err", err)
-					continue
-				}
-				q.Flush() // keep the flow in order
-				n.ov.SendSegments(res.Dst, segs, stride, segSizes[:c])
-			case tap.ForwardFragments:
-				q.Flush()
-				frags.send(n.ov, res)
-			case tap.Reply:
-				n.writeVM(res.Reply)
-			}
+			q.Flush() // keep the flow in order
+			n.ov.SendSegments(res.Dst, segs, stride, segSizes[:c])
+		case tap.ForwardFragments:
+			q.Flush()
+			frags.send(n.ov, res)
+		case tap.Reply:
+			n.writeVM(res.Reply)
 		}
-		q.Flush()
-	}
-}
-
-func (n *Node) readEnded(err error) {
-	if !errors.Is(err, os.ErrClosed) {
-		n.log.Debug("TAP read ends", "err", err)
-	}
+	})
 }
 
 func (n *Node) writeVM(frame []byte) {

@@ -201,14 +201,24 @@ func (o *Overlay) peer(id peer.ID) *Peer {
 // buf[HeaderLen:HeaderLen+n]; buf needs TagLen bytes of capacity past it.
 // Send overwrites buf.
 func (o *Overlay) Send(dst netip.Addr, buf []byte, n int) error {
+	p, err := o.route(dst, 1)
+	if err != nil {
+		return err
+	}
+	return p.send(typeData, buf, n)
+}
+
+// route finds the peer that holds dst, counting count packets as dropped
+// when none does.
+func (o *Overlay) route(dst netip.Addr, count int) (*Peer, error) {
 	o.mu.RLock()
 	p := o.byAddr[dst]
 	o.mu.RUnlock()
 	if p == nil {
-		o.drops.noRoute.Add(1)
-		return ErrNoRoute
+		o.drops.noRoute.Add(uint64(count))
+		return nil, ErrNoRoute
 	}
-	return p.send(typeData, buf, n)
+	return p, nil
 }
 
 // SendSegments seals a batch of IPv4 packets to the node that holds dst
@@ -217,12 +227,9 @@ func (o *Overlay) Send(dst netip.Addr, buf []byte, n int) error {
 // stride-Overhead bytes long, so that the sealed datagrams lie back to
 // back, and buf needs TagLen bytes of capacity past the last.
 func (o *Overlay) SendSegments(dst netip.Addr, buf []byte, stride int, lens []int) error {
-	o.mu.RLock()
-	p := o.byAddr[dst]
-	o.mu.RUnlock()
-	if p == nil {
-		o.drops.noRoute.Add(uint64(len(lens)))
-		return ErrNoRoute
+	p, err := o.route(dst, len(lens))
+	if err != nil {
+		return err
 	}
 	return p.sendSegments(buf, stride, lens)
 }

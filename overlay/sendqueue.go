@@ -28,12 +28,9 @@ func (o *Overlay) NewSendQueue(size int) *SendQueue {
 // on the stream fallback go out at once.
 func (q *SendQueue) Send(dst netip.Addr, buf []byte, n int) error {
 	o := q.o
-	o.mu.RLock()
-	p := o.byAddr[dst]
-	o.mu.RUnlock()
-	if p == nil {
-		o.drops.noRoute.Add(1)
-		return ErrNoRoute
+	p, err := o.route(dst, 1)
+	if err != nil {
+		return err
 	}
 	if Path(p.path.Load()) != PathUDP {
 		return p.send(typeData, buf, n)
