@@ -17,31 +17,37 @@ import (
 	"github.com/ringnet/ringnet/node"
 )
 
-// ringnetBin is the ringnet binary TestMain builds once for all tests.
-var ringnetBin string
+// The programs TestMain builds once for all tests: ringnet, and the
+// helpers the tests run inside VMs (bench/cmd/xfer, bench/cmd/udpgso).
+var ringnetBin, xferBin, udpgsoBin string
 
 func TestMain(m *testing.M) {
 	os.Exit(buildAndRun(m))
 }
 
 func buildAndRun(m *testing.M) int {
-	// RINGNET_BIN runs the tests against a binary built elsewhere, for
-	// example with -race.
-	if ringnetBin = os.Getenv("RINGNET_BIN"); ringnetBin != "" {
-		return m.Run()
-	}
 	dir, err := os.MkdirTemp("", "ringnet-integration-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	ringnetBin = filepath.Join(dir, "ringnet")
+	xferBin = filepath.Join(dir, "xfer")
+	udpgsoBin = filepath.Join(dir, "udpgso")
+	pkgs := []string{"github.com/ringnet/ringnet/bench/cmd/xfer", "github.com/ringnet/ringnet/bench/cmd/udpgso"}
+	// RINGNET_BIN runs the tests against a binary built elsewhere, for
+	// example with -race.
+	if ringnetBin = os.Getenv("RINGNET_BIN"); ringnetBin == "" {
+		ringnetBin = filepath.Join(dir, "ringnet")
+		pkgs = append(pkgs, "github.com/ringnet/ringnet/cmd/ringnet")
+	}
 	// Without -race: the race detector would slow the data path down many
-	// times over and turn timing-sensitive checks into noise.
-	build := exec.Command("go", "build", "-o", ringnetBin, "github.com/ringnet/ringnet/cmd/ringnet")
+	// times over and turn timing-sensitive checks into noise. With several
+	// packages, -o names a directory: each binary is named after its
+	// package.
+	build := exec.Command("go", append([]string{"build", "-o", dir + string(filepath.Separator)}, pkgs...)...)
 	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build ringnet: %v\n%s", err, out)
+		fmt.Fprintf(os.Stderr, "build %v: %v\n%s", pkgs, err, out)
 		return 1
 	}
 	return m.Run()
