@@ -55,9 +55,7 @@ func TestOffloadedTCPCrossesToPeerWithoutOffloads(t *testing.T) {
 		from, to *testbed.VM
 		addr     string
 	}{{a, b, vipB}, {b, a, vipA}} {
-		if r := iperf(t, ctx, c.from, c.to, c.addr, "-t", "3"); r.Bytes < 1<<20 {
-			t.Errorf("iperf3 %s -> %s moved %d bytes in 3 s", c.from.Name(), c.addr, r.Bytes)
-		}
+		checkIperf(t, c.from, c.addr, iperf(t, ctx, c.from, c.to, c.addr, "-t", "3"))
 	}
 	file := randomFile(t, a.Dir(), "20M", 20<<20)
 	transfer(t, ctx, a, b, vipB, file)
@@ -182,15 +180,26 @@ func TestOffloadsOffBothEnds(t *testing.T) {
 	if r.Received != 3 {
 		t.Errorf("ping %s -> %s: %d of %d replies", a.Name(), vipB, r.Received, r.Transmitted)
 	}
-	if r := iperf(t, ctx, a, b, vipB, "-t", "3"); r.Bytes < 1<<20 {
-		t.Errorf("iperf3 %s -> %s moved %d bytes in 3 s", a.Name(), vipB, r.Bytes)
-	}
+	checkIperf(t, a, vipB, iperf(t, ctx, a, b, vipB, "-t", "3"))
 	// Plain frames all the way: nothing took the offload path.
 	for _, vm := range []*testbed.VM{a, b} {
 		p := pathCountersOf(statusOf(t, ctx, vm))
 		if p.GSOFrames != 0 || p.GSOBatches != 0 {
 			t.Errorf("%s without offloads: from_vm_forwarded_gso %d, udp_gso_batches %d; want 0", vm.Name(), p.GSOFrames, p.GSOBatches)
 		}
+	}
+}
+
+// checkIperf checks that an iperf3 run from vm to addr moved data, and
+// with few retransmits: TCP delivers even over a path that mangles most
+// segments (the sender retransmits them one by one), but only so.
+func checkIperf(t *testing.T, vm *testbed.VM, addr string, r testbed.IperfResult) {
+	t.Helper()
+	// About the number of segments sent: 1400 is near the overlay's MSS.
+	segs := r.SentBytes / 1400
+	if r.Bytes < 1<<20 || uint64(r.Retransmits) > segs/10 {
+		t.Errorf("iperf3 %s -> %s: %d bytes received, %d sent with %d retransmits; want 1 MiB at least, and under 10%% retransmitted",
+			vm.Name(), addr, r.Bytes, r.SentBytes, r.Retransmits)
 	}
 }
 
