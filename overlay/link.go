@@ -25,6 +25,7 @@ const (
 	PathNone   Path = iota // no session yet
 	PathUDP                // datagrams over the UDP data socket
 	PathStream             // datagrams over a libp2p stream: UDP does not get through
+	PathRing               // routed over the ring: no link of its own (route.go)
 )
 
 func (p Path) String() string {
@@ -33,6 +34,8 @@ func (p Path) String() string {
 		return "udp"
 	case PathStream:
 		return "stream"
+	case PathRing:
+		return "ring"
 	}
 	return "none"
 }
@@ -70,8 +73,9 @@ type Peer struct {
 
 	mu            sync.Mutex
 	static        bool
-	current       *session // newest session
-	previous      *session // kept for datagrams still in flight
+	ring          *ringState // set for a peer reached over the ring
+	current       *session   // newest session
+	previous      *session   // kept for datagrams still in flight
 	lastUDPPong   time.Time
 	lastPing      time.Time
 	lastRekey     time.Time
@@ -138,7 +142,12 @@ func (p *Peer) tick(ctx context.Context) {
 	connected := h.Network().Connectedness(p.id) == network.Connected
 	p.mu.Lock()
 	static := p.static
+	ring := p.ring != nil
 	p.mu.Unlock()
+	if ring && !static && !connected {
+		p.tickRing(now)
+		return
+	}
 	if !connected && static {
 		dctx, cancel := context.WithTimeout(ctx, dialTimeout)
 		err := h.Connect(dctx, peer.AddrInfo{ID: p.id})
@@ -158,6 +167,30 @@ func (p *Peer) tick(ctx context.Context) {
 	p.expireSessions(now)
 	p.ping(now)
 	p.updatePath(now, connected)
+}
+
+// tickRing is tick for a peer reached over the ring.
+func (p *Peer) tickRing(now time.Time) {
+	p.mu.Lock()
+	pend := p.ring.pending
+	if pend != nil && now.Sub(pend.sent) > ringHandshakeTimeout {
+		p.ring.pending = nil
+		p.o.dropIndex(pend.session.localIndex)
+		pend = nil
+	}
+	p.mu.Unlock()
+	if pend == nil && p.wantHandshake(now) {
+		if err := p.initiateRing(); err != nil {
+			p.o.log.Debug("ring handshake", "peer", p.id, "err", err)
+		}
+	}
+	p.expireSessions(now)
+	p.ping(now)
+	next := PathNone
+	if p.sendSession.Load() != nil {
+		next = PathRing
+	}
+	p.path.Store(int32(next))
 }
 
 // wantHandshake decides whether this side starts a handshake now.
@@ -235,7 +268,8 @@ func (p *Peer) ping(now time.Time) {
 		return
 	}
 	p.mu.Lock()
-	confirmed := now.Sub(p.lastUDPPong) < pingInterval+tickInterval
+	overRing := p.ring != nil && Path(p.path.Load()) == PathRing
+	confirmed := overRing || now.Sub(p.lastUDPPong) < pingInterval+tickInterval
 	due := now.Sub(p.lastPing) >= pingInterval || !confirmed
 	if !due {
 		p.mu.Unlock()
@@ -254,6 +288,10 @@ func (p *Peer) ping(now time.Time) {
 	var buf [HeaderLen + pingLen + TagLen]byte
 	binary.BigEndian.PutUint64(buf[HeaderLen:], id)
 	binary.BigEndian.PutUint64(buf[HeaderLen+8:], uint64(now.UnixNano()))
+	if overRing {
+		p.sendRing(typePing, buf[HeaderLen:HeaderLen+pingLen])
+		return
+	}
 	p.sendVia(PathUDP, typePing, buf[:], pingLen)
 	if Path(p.path.Load()) == PathStream {
 		binary.BigEndian.PutUint64(buf[HeaderLen:], id)
@@ -329,10 +367,18 @@ func (p *Peer) setEndpoint(ep netip.AddrPort, reason string) {
 // send seals and sends one datagram on the peer's current path.
 func (p *Peer) send(typ byte, buf []byte, n int) error {
 	path := Path(p.path.Load())
-	if path == PathNone {
+	switch path {
+	case PathNone:
 		p.drops.Add(1)
 		p.o.drops.noSession.Add(1)
 		return ErrNoSession
+	case PathRing:
+		err := p.sendRing(typ, buf[HeaderLen:HeaderLen+n])
+		if err == nil && typ == typeData {
+			p.txPackets.Add(1)
+			p.txBytes.Add(uint64(n))
+		}
+		return err
 	}
 	return p.sendVia(path, typ, buf, n)
 }
@@ -384,6 +430,15 @@ func (p *Peer) sendSegments(buf []byte, stride int, lens []int) error {
 		p.drops.Add(uint64(len(lens)))
 		p.o.drops.noSession.Add(uint64(len(lens)))
 		return ErrNoSession
+	}
+	if path == PathRing {
+		for i, n := range lens {
+			off := i*stride + HeaderLen
+			if err := p.send(typeData, buf[off-HeaderLen:], n); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
 	end := 0
 	var bytes uint64
@@ -450,6 +505,10 @@ func (p *Peer) status() PeerStatus {
 	p.mu.Lock()
 	st.Static = p.static
 	st.RTT = p.rtt
+	st.Hops = 1
+	if p.ring != nil && st.Path == PathRing {
+		st.Hops = p.ring.hops
+	}
 	p.mu.Unlock()
 	p.o.mu.RLock()
 	for a, holder := range p.o.byAddr {

@@ -26,12 +26,15 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
+
+	"github.com/ringnet/ringnet/routing"
 )
 
 // Protocol IDs of the control plane.
@@ -64,6 +67,8 @@ type Config struct {
 	// VirtualSubnets are the overlay's own address ranges, which the
 	// control plane must never use.
 	VirtualSubnets []netip.Prefix
+	// Router routes datagrams over the ring; nil: links only.
+	Router Router
 	// AEAD forces one suite; zero picks per link.
 	AEAD Suite
 	// NewReceiver makes the Receiver of one receiving goroutine.
@@ -99,7 +104,11 @@ type Overlay struct {
 	byIndex map[uint32]*indexEntry
 	byAddr  map[netip.Addr]*Peer
 
-	drops dropCounters
+	drops     dropCounters
+	forwarded atomic.Uint64 // routed datagrams passed on
+
+	ringAddr  routing.Addr
+	routeBufs sync.Pool
 }
 
 type indexEntry struct {
@@ -142,6 +151,8 @@ func New(ctx context.Context, cfg Config) (*Overlay, error) {
 		byIndex: make(map[uint32]*indexEntry),
 		byAddr:  make(map[netip.Addr]*Peer),
 	}
+	o.ringAddr = routing.AddrFromPeer(h.ID())
+	o.routeBufs = newRouteBufs()
 	o.ctx, o.cancel = context.WithCancel(ctx)
 	h.SetStreamHandler(linkProtocol, o.handleLinkStream)
 	h.SetStreamHandler(dataProtocol, o.handleDataStream)
@@ -305,6 +316,7 @@ type PeerStatus struct {
 	Addrs      []netip.Addr
 	Path       Path
 	Endpoint   netip.AddrPort
+	Hops       int // 1 on a link; over the ring, the hops its last datagram took
 	Suite      Suite
 	RTT        time.Duration
 	SessionAge time.Duration

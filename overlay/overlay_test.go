@@ -19,7 +19,7 @@ type testNode struct {
 	got chan []byte
 }
 
-func newTestNode(t *testing.T, vip string, suite Suite) *testNode {
+func newTestNode(t testing.TB, vip string, suite Suite, opts ...func(*Config)) *testNode {
 	t.Helper()
 	key, _, err := crypto.GenerateEd25519Key(nil)
 	if err != nil {
@@ -33,6 +33,7 @@ func newTestNode(t *testing.T, vip string, suite Suite) *testNode {
 		VirtualAddrs: []netip.Addr{netip.MustParseAddr(vip)},
 		AEAD:         suite,
 		NewReceiver:  func() Receiver { return chanReceiver(n.got) },
+		Router:       routerOf(opts),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -40,6 +41,14 @@ func newTestNode(t *testing.T, vip string, suite Suite) *testNode {
 	t.Cleanup(func() { o.Close() })
 	n.Overlay = o
 	return n
+}
+
+func routerOf(opts []func(*Config)) Router {
+	var c Config
+	for _, o := range opts {
+		o(&c)
+	}
+	return c.Router
 }
 
 // chanReceiver hands each delivered packet to a channel.

@@ -68,6 +68,22 @@ func (o *Overlay) receive(rx Receiver, dgram []byte, via Path, from netip.AddrPo
 		o.drops.unknownPeer.Add(1)
 		return
 	}
+	if h.typ == typeRoute {
+		switch err := s.openTag(h, dgram); {
+		case errors.Is(err, errAuth):
+			o.drops.auth.Add(1)
+			p.drops.Add(1)
+		case errors.Is(err, errReplay):
+			o.drops.replay.Add(1)
+			p.drops.Add(1)
+		default:
+			if via == PathUDP {
+				p.setEndpoint(from, "datagram from new address")
+			}
+			o.routed(rx, dgram, p)
+		}
+		return
+	}
 	pt, err := s.open(h, dgram)
 	switch {
 	case errors.Is(err, errAuth):
@@ -83,7 +99,13 @@ func (o *Overlay) receive(rx Receiver, dgram []byte, via Path, from netip.AddrPo
 	if via == PathUDP {
 		p.setEndpoint(from, "datagram from new address")
 	}
-	switch h.typ {
+	p.handle(rx, h.typ, dgram, pt, via, from)
+}
+
+// handle acts on an opened datagram from p: pt, its plaintext, starts at
+// dgram[HeaderLen:].
+func (p *Peer) handle(rx Receiver, typ byte, dgram, pt []byte, via Path, from netip.AddrPort) {
+	switch typ {
 	case typePing:
 		if len(pt) == pingLen {
 			var buf [HeaderLen + pingLen + TagLen]byte
@@ -94,7 +116,7 @@ func (o *Overlay) receive(rx Receiver, dgram []byte, via Path, from netip.AddrPo
 		p.pong(pt, via)
 	case typeData:
 		if !p.holdsSource(pt) {
-			o.drops.spoofedSource.Add(1)
+			p.o.drops.spoofedSource.Add(1)
 			p.drops.Add(1)
 			return
 		}
@@ -106,6 +128,10 @@ func (o *Overlay) receive(rx Receiver, dgram []byte, via Path, from netip.AddrPo
 
 // answerPing echoes a probe on the path it came by.
 func (p *Peer) answerPing(via Path, from netip.AddrPort, buf []byte) {
+	if via == PathRing {
+		p.sendRing(typePong, buf[HeaderLen:HeaderLen+pingLen])
+		return
+	}
 	s := p.sendSession.Load()
 	if s == nil {
 		return
@@ -147,6 +173,7 @@ type dropCounters struct {
 	badHandshake  atomic.Uint64
 	streamQueue   atomic.Uint64
 	badStream     atomic.Uint64
+	ttlExpired    atomic.Uint64
 }
 
 func (d *dropCounters) snapshot() map[string]uint64 {
@@ -162,5 +189,6 @@ func (d *dropCounters) snapshot() map[string]uint64 {
 		"bad_handshake":      d.badHandshake.Load(),
 		"stream_queue_full":  d.streamQueue.Load(),
 		"bad_stream_framing": d.badStream.Load(),
+		"ttl_expired":        d.ttlExpired.Load(),
 	}
 }

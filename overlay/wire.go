@@ -76,7 +76,7 @@ func parseHeader(b []byte) (header, error) {
 		counter:  binary.BigEndian.Uint64(b[8:16]),
 	}
 	switch h.typ {
-	case typeData, typePing, typePong:
+	case typeData, typePing, typePong, typeRoute:
 	default:
 		return header{}, fmt.Errorf("%w %d", errType, h.typ)
 	}

@@ -1,0 +1,461 @@
+package overlay
+
+import (
+	"crypto/ecdh"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/ringnet/ringnet/routing"
+)
+
+// Packets between nodes without a link of their own travel over the ring,
+// hop by hop. A routed datagram is a link datagram of type typeRoute:
+//
+//	| link header (16) | route header (42) | end-to-end datagram | link tag (16) |
+//
+// The route header (routing.Header: version, TTL, source and destination
+// ring address) says where it goes. The end-to-end datagram is sealed
+// between the source and the destination node exactly as on a direct link
+// (same header, same AEAD), under keys from a handshake that travels over
+// the ring itself (typeHandshake, signed hellos). Each hop checks the link
+// tag, an AEAD tag over everything before it under the link's key, so no
+// one but the previous hop can inject or alter a routed datagram; a hop
+// can alter the route header it passes on, but not the sealed packet, and
+// the destination refuses a packet whose route source is not the node its
+// end-to-end key belongs to. A hop decrements the TTL and re-tags for the
+// next link: a routed datagram costs each hop a GHASH over it, not a
+// decryption.
+const (
+	typeRoute     byte = 4 // link level: a routed datagram
+	typeHandshake byte = 5 // end to end: a hello sent over the ring, signed, not sealed
+
+	routeHeaderOff = HeaderLen
+	routeInnerOff  = HeaderLen + routing.HeaderLen
+	// RouteOverhead is what a routed packet carries beyond the IPv4
+	// packet: link header and tag, route header, end-to-end header and tag.
+	RouteOverhead = routeInnerOff + Overhead + TagLen
+	// routeTTL is the TTL a routed datagram starts with.
+	routeTTL = 32
+	// ringHandshakeTimeout is how long an initiator waits for the answer
+	// to a hello it sent over the ring.
+	ringHandshakeTimeout = 5 * time.Second
+)
+
+// Router picks the next hop of a datagram routed over the ring. A node
+// puts its routing.Table behind it.
+type Router interface {
+	// NextHop returns the link to send a datagram for dst to (empty for
+	// none), and whether this node is its destination. from is the peer
+	// it came from, empty for datagrams this node originates.
+	NextHop(dst routing.Addr, from peer.ID) (next peer.ID, deliver bool)
+}
+
+var errNoRouter = errors.New("no ring router")
+
+// routeBufSize is the size of the pooled buffers for packets sent over
+// the ring, which need more room in front than the caller's buffer leaves.
+const routeBufSize = RouteOverhead + 65536
+
+// ringState is what a peer reached over the ring keeps.
+type ringState struct {
+	addr routing.Addr
+	// pending is the initiator's half of a handshake awaiting its answer.
+	pending *pendingHello
+	hops    int // hops the peer's last datagram took to reach us
+}
+
+type pendingHello struct {
+	hello   *hello
+	ecdh    *ecdh.PrivateKey
+	session *session
+	sent    time.Time
+}
+
+// AddRingPeer keeps an end-to-end session with a node that has no link of
+// its own to this one: handshakes and packets travel over the ring.
+func (o *Overlay) AddRingPeer(id peer.ID) error {
+	if o.cfg.Router == nil {
+		return errNoRouter
+	}
+	if id == o.host.ID() {
+		return errors.New("a node cannot peer with itself")
+	}
+	p := o.peer(id)
+	p.mu.Lock()
+	if p.ring == nil {
+		p.ring = &ringState{addr: routing.AddrFromPeer(id)}
+	}
+	p.mu.Unlock()
+	p.wake()
+	return nil
+}
+
+// sealTag writes a link header and, at the end of buf, a tag over all of
+// buf before it: a datagram authenticated, not encrypted.
+func (s *session) sealTag(typ byte, buf []byte) (ok bool) {
+	counter := s.sendCounter.Add(1) - 1
+	if counter >= RejectAfterMessages {
+		return false
+	}
+	header{typ: typ, receiver: s.remoteIndex, counter: counter}.put(buf)
+	n := len(buf) - TagLen
+	s.send.Seal(buf[n:n], nonce(buf), nil, buf[:n])
+	return true
+}
+
+// openTag checks a tag made by sealTag and the replay window.
+func (s *session) openTag(h header, dgram []byte) error {
+	n := len(dgram) - TagLen
+	if _, err := s.recv.Open(nil, nonce(dgram), dgram[n:], dgram[:n]); err != nil {
+		return errAuth
+	}
+	s.replayMu.Lock()
+	ok := s.replay.Accept(h.counter, RejectAfterMessages)
+	s.replayMu.Unlock()
+	if !ok {
+		return errReplay
+	}
+	return nil
+}
+
+// routed handles a routed datagram that arrived on a link from prev, its
+// link tag already checked: it delivers it here or passes it on.
+func (o *Overlay) routed(rx Receiver, dgram []byte, prev *Peer) {
+	if len(dgram) < routeInnerOff+TagLen || o.cfg.Router == nil {
+		o.drops.malformed.Add(1)
+		return
+	}
+	var rh routing.Header
+	if err := rh.UnmarshalBinary(dgram[routeHeaderOff:routeInnerOff]); err != nil {
+		o.drops.malformed.Add(1)
+		return
+	}
+	next, deliver := o.cfg.Router.NextHop(rh.Dst, prev.id)
+	if deliver && rh.Dst == o.ringAddr {
+		o.deliverRouted(rx, rh, dgram[routeInnerOff:len(dgram)-TagLen])
+		return
+	}
+	if next == "" {
+		o.drops.noRoute.Add(1) // an absent address, or no way on
+		return
+	}
+	if rh.TTL <= 1 {
+		o.drops.ttlExpired.Add(1)
+		return
+	}
+	rh.TTL--
+	rh.AppendBinary(dgram[routeHeaderOff:routeHeaderOff])
+	o.forwarded.Add(1)
+	o.sendRouted(next, dgram)
+}
+
+// sendRouted tags a routed datagram for the link to next and sends it.
+func (o *Overlay) sendRouted(next peer.ID, dgram []byte) error {
+	o.mu.RLock()
+	p := o.peers[next]
+	o.mu.RUnlock()
+	if p == nil {
+		o.drops.noRoute.Add(1)
+		return ErrNoRoute
+	}
+	s := p.sendSession.Load()
+	path := Path(p.path.Load())
+	if s == nil || (path != PathUDP && path != PathStream) {
+		o.drops.noSession.Add(1)
+		return ErrNoSession
+	}
+	if !s.sealTag(typeRoute, dgram) {
+		p.requestRekey("session spent")
+		return ErrNoSession
+	}
+	var err error
+	if path == PathUDP {
+		if ep := p.endpoint.Load(); ep != nil {
+			_, err = o.udp.WriteToUDPAddrPort(dgram, *ep)
+		}
+	} else {
+		err = p.stream.send(dgram)
+	}
+	if err != nil {
+		o.drops.sendFailed.Add(1)
+	}
+	return err
+}
+
+// deliverRouted handles the end-to-end datagram of a routed datagram for
+// this node.
+func (o *Overlay) deliverRouted(rx Receiver, rh routing.Header, inner []byte) {
+	if len(inner) >= HeaderLen && inner[0] == wireVersion && inner[1] == typeHandshake {
+		o.ringHandshake(rh, inner[HeaderLen:])
+		return
+	}
+	h, err := parseHeader(inner)
+	if err != nil {
+		o.drops.malformed.Add(1)
+		return
+	}
+	var p *Peer
+	var s *session
+	o.mu.RLock()
+	if e := o.byIndex[h.receiver]; e != nil {
+		p, s = e.peer, e.session
+	}
+	o.mu.RUnlock()
+	if s == nil {
+		o.drops.unknownPeer.Add(1)
+		return
+	}
+	p.mu.Lock()
+	ring := p.ring
+	if ring != nil && ring.addr == rh.Src {
+		ring.hops = routeTTL - int(rh.TTL) + 1
+	}
+	p.mu.Unlock()
+	// The route's source must be the node the session's keys belong to:
+	// a forwarder cannot pass off one node's packets as another's.
+	if ring == nil || ring.addr != rh.Src {
+		o.drops.spoofedSource.Add(1)
+		return
+	}
+	pt, err := s.open(h, inner)
+	switch {
+	case errors.Is(err, errAuth):
+		o.drops.auth.Add(1)
+		p.drops.Add(1)
+		return
+	case errors.Is(err, errReplay):
+		o.drops.replay.Add(1)
+		p.drops.Add(1)
+		return
+	}
+	if !s.sendReady.Load() {
+		// The initiator's first datagram under the new keys confirms
+		// that it holds them.
+		p.confirm(s)
+	}
+	p.handle(rx, h.typ, inner, pt, PathRing, netip.AddrPort{})
+}
+
+// sendRing seals a payload end to end for p and sends it over the ring.
+// The payload is copied: the caller's buffer lacks the room in front.
+func (p *Peer) sendRing(typ byte, payload []byte) error {
+	o := p.o
+	s := p.sendSession.Load()
+	p.mu.Lock()
+	ring := p.ring
+	p.mu.Unlock()
+	if s == nil || ring == nil {
+		o.drops.noSession.Add(1)
+		return ErrNoSession
+	}
+	bp := o.routeBufs.Get().(*[]byte)
+	defer o.routeBufs.Put(bp)
+	buf := (*bp)[:routeInnerOff+HeaderLen+len(payload)+TagLen+TagLen]
+	inner := buf[routeInnerOff:]
+	copy(inner[HeaderLen:], payload)
+	if _, ok := s.seal(typ, inner, len(payload)); !ok {
+		p.requestRekey("session spent")
+		return ErrNoSession
+	}
+	return o.originate(routing.Header{TTL: routeTTL, Src: o.ringAddr, Dst: ring.addr}, buf)
+}
+
+// originate routes a datagram this node starts: buf has room for the link
+// header, then the route header rh, then the inner datagram, then the tag.
+func (o *Overlay) originate(rh routing.Header, buf []byte) error {
+	if _, err := rh.AppendBinary(buf[routeHeaderOff:routeHeaderOff]); err != nil {
+		return err
+	}
+	next, _ := o.cfg.Router.NextHop(rh.Dst, "")
+	if next == "" {
+		o.drops.noRoute.Add(1)
+		return ErrNoRoute
+	}
+	return o.sendRouted(next, buf)
+}
+
+// sendHandshake sends a hello (or confirm) to p over the ring. The
+// message carries the sender's peer ID, since no connection vouches for it.
+func (p *Peer) sendHandshake(msg []byte) error {
+	o := p.o
+	p.mu.Lock()
+	ring := p.ring
+	p.mu.Unlock()
+	self := []byte(o.host.ID())
+	buf := make([]byte, routeInnerOff+HeaderLen+1+len(self)+len(msg)+TagLen)
+	inner := buf[routeInnerOff:]
+	header{typ: typeHandshake}.put(inner)
+	body := inner[HeaderLen:]
+	body[0] = byte(len(self))
+	copy(body[1:], self)
+	copy(body[1+len(self):], msg)
+	return o.originate(routing.Header{TTL: routeTTL, Src: o.ringAddr, Dst: ring.addr}, buf)
+}
+
+// initiateRing starts a handshake with a ring peer.
+func (p *Peer) initiateRing() error {
+	o := p.o
+	priv, eph, err := newEphemeral()
+	if err != nil {
+		return err
+	}
+	s := &session{created: time.Now(), localIndex: o.reserveIndex(p)}
+	init := &hello{
+		typ:    helloInit,
+		suites: offeredSuites(o.cfg.AEAD),
+		hasAES: hasAESHardware(),
+		eph:    eph,
+		index:  s.localIndex,
+		addrs:  o.cfg.VirtualAddrs,
+	}
+	if err := init.sign(o.cfg.Identity, o.host.ID(), p.id, nil); err != nil {
+		o.dropIndex(s.localIndex)
+		return err
+	}
+	p.mu.Lock()
+	if old := p.ring.pending; old != nil {
+		o.dropIndex(old.session.localIndex)
+	}
+	p.ring.pending = &pendingHello{hello: init, ecdh: priv, session: s, sent: time.Now()}
+	p.mu.Unlock()
+	return p.sendHandshake(init.marshal())
+}
+
+// ringHandshake handles a hello that came over the ring.
+func (o *Overlay) ringHandshake(rh routing.Header, body []byte) {
+	if len(body) < 1 || len(body) < 1+int(body[0]) {
+		o.drops.badHandshake.Add(1)
+		return
+	}
+	id, err := peer.IDFromBytes(body[1 : 1+body[0]])
+	if err != nil || routing.AddrFromPeer(id) != rh.Src || id == o.host.ID() {
+		o.drops.badHandshake.Add(1)
+		return
+	}
+	h, err := parseHello(body[1+body[0]:])
+	if err != nil {
+		o.drops.badHandshake.Add(1)
+		return
+	}
+	// Nothing here may create a peer (and its goroutine) before a
+	// signature checks: a routed datagram is cheap to forge.
+	var p *Peer
+	switch h.typ {
+	case helloInit:
+		if err = h.verify(id, id, o.host.ID(), nil); err == nil {
+			p = o.peer(id)
+			p.mu.Lock()
+			if p.ring == nil {
+				p.ring = &ringState{addr: rh.Src}
+			}
+			p.mu.Unlock()
+			err = p.respondRing(h)
+		}
+	case helloResp:
+		o.mu.RLock()
+		p = o.peers[id]
+		o.mu.RUnlock()
+		if p == nil {
+			err = errors.New("answer from a peer this node did not greet")
+		} else {
+			err = p.completeRing(h)
+		}
+	}
+	if err != nil {
+		o.drops.badHandshake.Add(1)
+		o.log.Debug("ring handshake refused", "peer", id, "err", err)
+	}
+}
+
+// respondRing answers an initiating hello, its signature checked, that
+// came over the ring.
+func (p *Peer) respondRing(init *hello) error {
+	o := p.o
+	suite, err := chooseSuite(init.suites, init.hasAES, hasAESHardware(), o.cfg.AEAD)
+	if err != nil {
+		return err
+	}
+	priv, eph, err := newEphemeral()
+	if err != nil {
+		return err
+	}
+	i2r, r2i, err := deriveKeys(priv, init.eph, suite, p.id, o.host.ID(), init.eph, eph)
+	if err != nil {
+		return err
+	}
+	s := &session{created: time.Now(), localIndex: o.reserveIndex(p)}
+	if err := s.setKeys(suite, init.index, r2i, i2r); err != nil {
+		o.dropIndex(s.localIndex)
+		return err
+	}
+	resp := &hello{
+		typ:    helloResp,
+		suites: []Suite{suite},
+		hasAES: hasAESHardware(),
+		eph:    eph,
+		index:  s.localIndex,
+		addrs:  o.cfg.VirtualAddrs,
+	}
+	if err := resp.sign(o.cfg.Identity, p.id, o.host.ID(), &init.eph); err != nil {
+		o.dropIndex(s.localIndex)
+		return err
+	}
+	o.publish(s)
+	o.setAddrs(p, init.addrs)
+	// Send only after the initiator's first datagram under these keys.
+	p.install(s, false)
+	return p.sendHandshake(resp.marshal())
+}
+
+// completeRing finishes a handshake this node started over the ring.
+func (p *Peer) completeRing(resp *hello) error {
+	o := p.o
+	p.mu.Lock()
+	var pend *pendingHello
+	if p.ring != nil {
+		pend, p.ring.pending = p.ring.pending, nil
+	}
+	p.mu.Unlock()
+	if pend == nil {
+		return errors.New("answer to no pending hello")
+	}
+	fail := func(err error) error {
+		o.dropIndex(pend.session.localIndex)
+		return err
+	}
+	if err := resp.verify(p.id, o.host.ID(), p.id, &pend.hello.eph); err != nil {
+		return fail(err)
+	}
+	suite := resp.suites[0]
+	if !containsSuite(pend.hello.suites, suite) {
+		return fail(fmt.Errorf("peer chose %v, which was not offered", suite))
+	}
+	i2r, r2i, err := deriveKeys(pend.ecdh, resp.eph, suite, o.host.ID(), p.id, pend.hello.eph, resp.eph)
+	if err != nil {
+		return fail(err)
+	}
+	s := pend.session
+	if err := s.setKeys(suite, resp.index, i2r, r2i); err != nil {
+		return fail(err)
+	}
+	o.publish(s)
+	o.setAddrs(p, resp.addrs)
+	p.install(s, true)
+	p.path.Store(int32(PathRing))
+	// The first datagram under the new keys confirms them to the peer.
+	p.ping(time.Now())
+	return nil
+}
+
+// newRouteBufs makes the pool of buffers for packets sent over the ring.
+func newRouteBufs() sync.Pool {
+	return sync.Pool{New: func() any {
+		b := make([]byte, routeBufSize)
+		return &b
+	}}
+}
