@@ -1,0 +1,129 @@
+package integration
+
+import (
+	"encoding/json"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/ringnet/ringnet/bench/testbed"
+	"github.com/ringnet/ringnet/node"
+)
+
+// TestLiveMigrationKeepsTCP moves VM a's uplink from one NATed site to
+// another while a TCP stream runs from a to b through ringnet: the stream
+// must survive and resume, every byte delivered.
+func TestLiveMigrationKeepsTCP(t *testing.T) {
+	ctx := t.Context()
+	bed := testbed.NewT(t, testbed.Options{RingnetPath: ringnetBin})
+	site1, err := bed.AddSite(ctx, "nat1", testbed.NATCone)
+	if err != nil {
+		t.Fatal(err)
+	}
+	site2, err := bed.AddSite(ctx, "nat2", testbed.NATCone)
+	if err != nil {
+		t.Fatal(err)
+	}
+	public, err := bed.AddSite(ctx, "pub", testbed.NATNone)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := bed.AddVM(ctx, site1, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := bed.AddVM(ctx, public, "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	peerB, err := b.PeerEntry(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.StartNode(ctx, nodeConfig(vipB)); err != nil {
+		t.Fatal(err)
+	}
+	cfg := nodeConfig(vipA)
+	cfg.Peers = []node.Peer{peerB}
+	if err := a.StartNode(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.WaitReachable(ctx, vipB); err != nil {
+		t.Fatal(err)
+	}
+	// A JSON server, so that --get-server-output brings its intervals.
+	srv, err := b.Start("iperf3", "-s", "-1", "-J", "-i", "0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Stop(9, time.Second)
+	time.Sleep(300 * time.Millisecond)
+	const seconds = 10
+	client, err := a.Start("iperf3", "-c", vipB, "-J", "-t", strconv.Itoa(seconds), "-i", "0.1", "-b", "300M", "--get-server-output")
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * time.Second)
+	moved := time.Now()
+	if err := bed.MoveVM(ctx, a, site2); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("moved a from %s to %s (new underlay address %s) %v into the stream", site1.Name(), site2.Name(), a.UnderlayIP(), 3*time.Second)
+	if err := client.Wait(ctx); err != nil {
+		t.Fatalf("iperf3 across the move: %v\n%s", err, client.Output())
+	}
+	out := []byte(client.Output())
+	r, err := testbed.ParseIperf3(out)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	gap := longestGap(t, out)
+	t.Logf("stream across the move: sent %d, received %d bytes; longest gap %v (move at +3s, took %v)",
+		r.SentBytes, r.Bytes, gap, time.Since(moved).Round(time.Millisecond))
+	if r.Bytes == 0 || r.Bytes != r.SentBytes {
+		t.Errorf("across the move %d bytes were sent and %d received; want all of them", r.SentBytes, r.Bytes)
+	}
+	// b must now reach a at its new site's public address.
+	st, err := b.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Peers) != 1 || st.Peers[0].Endpoint != site2.WANIP().String()+":"+strconv.Itoa(node.DefaultDataPort) {
+		t.Errorf("b's peers after the move: %+v; want a at %s", st.Peers, site2.WANIP())
+	}
+	if err := b.WaitReachable(ctx, vipA); err != nil {
+		t.Errorf("b cannot reach a after the move: %v", err)
+	}
+}
+
+// longestGap is the longest run of 0.1 s intervals in which the iperf3
+// server (the receiver) got nothing.
+func longestGap(t *testing.T, out []byte) time.Duration {
+	type intervals []struct {
+		Sum struct {
+			Start, End float64
+			Bytes      uint64
+		} `json:"sum"`
+	}
+	var doc struct {
+		Server struct {
+			Intervals intervals `json:"intervals"`
+		} `json:"server_output_json"`
+	}
+	if err := json.Unmarshal(out, &doc); err != nil {
+		t.Fatal(err)
+	}
+	if len(doc.Server.Intervals) == 0 {
+		t.Fatalf("iperf3 gave no server intervals:\n%.3000s", out)
+	}
+	var longest, run float64
+	for _, iv := range doc.Server.Intervals {
+		if iv.Sum.Bytes == 0 {
+			run += iv.Sum.End - iv.Sum.Start
+			longest = max(longest, run)
+		} else {
+			run = 0
+		}
+	}
+	return time.Duration(longest * float64(time.Second))
+}
