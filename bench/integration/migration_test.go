@@ -2,6 +2,7 @@ package integration
 
 import (
 	"encoding/json"
+	"os"
 	"strconv"
 	"testing"
 	"time"
@@ -126,4 +127,76 @@ func longestGap(t *testing.T, out []byte) time.Duration {
 		}
 	}
 	return time.Duration(longest * float64(time.Second))
+}
+
+// TestColdMigrationKeepsIdentity stops a's node and starts its state
+// directory, copied, in a VM at another site: the node comes back with the
+// same peer ID and virtual address, and b reaches it there.
+func TestColdMigrationKeepsIdentity(t *testing.T) {
+	ctx := t.Context()
+	bed := testbed.NewT(t, testbed.Options{RingnetPath: ringnetBin})
+	var sites [3]*testbed.Site
+	for i, nat := range []testbed.NATKind{testbed.NATCone, testbed.NATCone, testbed.NATNone} {
+		var err error
+		if sites[i], err = bed.AddSite(ctx, "s"+strconv.Itoa(i), nat); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, err := bed.AddVM(ctx, sites[0], "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	moved, err := bed.AddVM(ctx, sites[1], "a2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := bed.AddVM(ctx, sites[2], "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	peerB, err := b.PeerEntry(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.StartNode(ctx, nodeConfig(vipB)); err != nil {
+		t.Fatal(err)
+	}
+	cfg := nodeConfig(vipA)
+	cfg.Peers = []node.Peer{peerB}
+	if err := a.StartNode(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.WaitReachable(ctx, vipA); err != nil {
+		t.Fatal(err)
+	}
+	id, err := a.PeerID(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.StopNode(15); err != nil { // SIGTERM
+		t.Fatal(err)
+	}
+	// The VM's disk moves: its state directory, identity and all.
+	if err := os.CopyFS(moved.StateDir(), os.DirFS(a.StateDir())); err != nil {
+		t.Fatal(err)
+	}
+	if err := moved.StartNode(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	st, err := moved.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.PeerID != id || st.VirtualIP != vipA {
+		t.Fatalf("after the move: peer ID %s, virtual IP %s; want %s and %s", st.PeerID, st.VirtualIP, id, vipA)
+	}
+	start := time.Now()
+	if err := b.WaitReachable(ctx, vipA); err != nil {
+		t.Fatalf("b cannot reach a at its new site: %v", err)
+	}
+	t.Logf("a restarted at %s with peer ID %s; b reached it %v later", sites[1].Name(), id, time.Since(start).Round(time.Millisecond))
+	r, err := b.Ping(ctx, vipA, "-c", "5", "-i", "0.1", "-W", "2")
+	if err != nil || r.Received != 5 {
+		t.Errorf("ping after the move: %+v, %v", r, err)
+	}
 }
