@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"encoding/json"
 	"os"
 	"strconv"
 	"testing"
@@ -78,7 +77,10 @@ func TestLiveMigrationKeepsTCP(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
-	gap := longestGap(t, out)
+	gap, err := testbed.ServerGap(out)
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Logf("stream across the move: sent %d, received %d bytes; longest gap %v (move at +3s, took %v)",
 		r.SentBytes, r.Bytes, gap, time.Since(moved).Round(time.Millisecond))
 	if r.Bytes == 0 || r.Bytes != r.SentBytes {
@@ -95,38 +97,6 @@ func TestLiveMigrationKeepsTCP(t *testing.T) {
 	if err := b.WaitReachable(ctx, vipA); err != nil {
 		t.Errorf("b cannot reach a after the move: %v", err)
 	}
-}
-
-// longestGap is the longest run of 0.1 s intervals in which the iperf3
-// server (the receiver) got nothing.
-func longestGap(t *testing.T, out []byte) time.Duration {
-	type intervals []struct {
-		Sum struct {
-			Start, End float64
-			Bytes      uint64
-		} `json:"sum"`
-	}
-	var doc struct {
-		Server struct {
-			Intervals intervals `json:"intervals"`
-		} `json:"server_output_json"`
-	}
-	if err := json.Unmarshal(out, &doc); err != nil {
-		t.Fatal(err)
-	}
-	if len(doc.Server.Intervals) == 0 {
-		t.Fatalf("iperf3 gave no server intervals:\n%.3000s", out)
-	}
-	var longest, run float64
-	for _, iv := range doc.Server.Intervals {
-		if iv.Sum.Bytes == 0 {
-			run += iv.Sum.End - iv.Sum.Start
-			longest = max(longest, run)
-		} else {
-			run = 0
-		}
-	}
-	return time.Duration(longest * float64(time.Second))
 }
 
 // TestColdMigrationKeepsIdentity stops a's node and starts its state

@@ -147,3 +147,35 @@ func (vm *VM) Iperf3(ctx context.Context, addr string, args ...string) (IperfRes
 		return r, fmt.Errorf("vm %s: %s: %w", vm.name, strings.Join(cmdArgs, " "), errors.Join(perr, err))
 	}
 }
+
+// ServerGap reads `iperf3 -J --get-server-output` output of a run against
+// a server started with -J and -i: the longest run of the server's
+// intervals in which nothing arrived. Its resolution is the interval.
+func ServerGap(data []byte) (time.Duration, error) {
+	var doc struct {
+		Server struct {
+			Intervals []struct {
+				Sum struct {
+					Start, End float64
+					Bytes      uint64
+				} `json:"sum"`
+			} `json:"intervals"`
+		} `json:"server_output_json"`
+	}
+	if err := json.Unmarshal(data, &doc); err != nil {
+		return 0, fmt.Errorf("iperf3 -J: %w", err)
+	}
+	if len(doc.Server.Intervals) == 0 {
+		return 0, errors.New("iperf3 -J: no server intervals (start the server with -J, the client with --get-server-output)")
+	}
+	var longest, run float64
+	for _, iv := range doc.Server.Intervals {
+		if iv.Sum.Bytes == 0 {
+			run += iv.Sum.End - iv.Sum.Start
+			longest = max(longest, run)
+		} else {
+			run = 0
+		}
+	}
+	return time.Duration(longest * float64(time.Second)), nil
+}

@@ -12,6 +12,8 @@
 //	            sites, through the overlay and on the raw underlay path
 //	peers       the same pair through ringnet and through wireguard-go, and
 //	            the raw underlay; then both tunnels with 1% underlay loss
+//	migration   the stall of a TCP stream whose VM moves, live, between
+//	            two NATed sites (median of 5 moves)
 //	ring        the ring's routing code over 100 to 100,000 simulated nodes
 //	            (bench/sim): hops, links per node, messages per join, rounds
 //	            to heal after 10% of the nodes fail; no test bed needed
@@ -38,7 +40,7 @@ func main() {
 	seed := flag.Uint64("seed", 1, "random seed of the simulated ring (ring)")
 	offloads := flag.Bool("offloads", true, "open the nodes' TAP devices with offloads (tap.offloads)")
 	flag.Usage = func() {
-		fmt.Fprintf(flag.CommandLine.Output(), "usage: ringbench [flags] BENCHMARK\n\nBenchmarks: throughput, peers, ring\n\nFlags:\n")
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: ringbench [flags] BENCHMARK\n\nBenchmarks: throughput, peers, ring, migration\n\nFlags:\n")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
@@ -58,6 +60,8 @@ func main() {
 	switch name := flag.Arg(0); name {
 	case "throughput":
 		err = throughput(ctx, opts, base, *runs, *seconds, *pings)
+	case "migration":
+		err = migration(ctx, opts, base, 5)
 	case "peers":
 		err = peers(ctx, opts, base, *wireguardGo, *runs, *seconds, *pings)
 	case "ring":
