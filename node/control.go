@@ -137,7 +137,7 @@ func (n *Node) Status() Status {
 			PeerID:      p.ID.String(),
 			Link:        "static",
 			Path:        p.Path.String(),
-			Hops:        1,
+			Hops:        p.Hops,
 			RTTMs:       float64(p.RTT.Microseconds()) / 1000,
 			SessionAgeS: p.SessionAge.Seconds(),
 			Rekeys:      p.Rekeys,
