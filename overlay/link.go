@@ -175,7 +175,7 @@ func (p *Peer) tickRing(now time.Time) {
 	pend := p.ring.pending
 	if pend != nil && now.Sub(pend.sent) > ringHandshakeTimeout {
 		p.ring.pending = nil
-		p.o.dropIndex(pend.session.localIndex)
+		p.o.abandon(pend.greeting)
 		pend = nil
 	}
 	p.mu.Unlock()
@@ -533,70 +533,37 @@ func (p *Peer) initiate(ctx context.Context) error {
 	deadline, _ := ctx.Deadline()
 	st.SetDeadline(deadline)
 
-	priv, eph, err := newEphemeral()
+	g, err := o.greet(p, o.DataAddr().Port())
 	if err != nil {
 		return err
 	}
-	s := &session{created: time.Now(), localIndex: o.reserveIndex(p)}
-	installed := false
-	defer func() {
-		if !installed {
-			o.dropIndex(s.localIndex)
-		}
-	}()
-	init := &hello{
-		typ:      helloInit,
-		suites:   offeredSuites(o.cfg.AEAD),
-		hasAES:   hasAESHardware(),
-		eph:      eph,
-		index:    s.localIndex,
-		dataPort: o.DataAddr().Port(),
-		addrs:    o.cfg.VirtualAddrs,
-	}
-	if err := init.sign(o.cfg.Identity, o.host.ID(), p.id, nil); err != nil {
-		return err
-	}
-	if err := writeMsg(st, init.marshal()); err != nil {
+	if err := writeMsg(st, g.hello.marshal()); err != nil {
+		o.abandon(g)
 		return fmt.Errorf("send hello: %w", err)
 	}
-	br := bufio.NewReader(st)
-	msg, err := readMsg(br)
+	msg, err := readMsg(bufio.NewReader(st))
 	if err != nil {
+		o.abandon(g)
 		return fmt.Errorf("read answer: %w", err)
 	}
 	resp, err := parseHello(msg)
+	if err == nil {
+		err = o.finish(p, g, resp)
+	} else {
+		o.abandon(g)
+	}
 	if err != nil {
 		o.drops.badHandshake.Add(1)
 		return fmt.Errorf("answer: %w", err)
 	}
-	if resp.typ != helloResp {
-		o.drops.badHandshake.Add(1)
-		return errors.New("answer is not a response hello")
-	}
-	if err := resp.verify(p.id, o.host.ID(), p.id, &eph); err != nil {
-		o.drops.badHandshake.Add(1)
-		return err
-	}
-	suite := resp.suites[0]
-	if !containsSuite(init.suites, suite) {
-		o.drops.badHandshake.Add(1)
-		return fmt.Errorf("peer chose %v, which was not offered", suite)
-	}
-	i2r, r2i, err := deriveKeys(priv, resp.eph, suite, o.host.ID(), p.id, eph, resp.eph)
-	if err != nil {
-		return err
-	}
-	if err := s.setKeys(suite, resp.index, i2r, r2i); err != nil {
-		return err
-	}
-	o.publish(s)
+	s := g.session
 	if err := writeMsg(st, []byte{wireVersion, helloConfirm}); err != nil {
+		o.dropIndex(s.localIndex)
 		return fmt.Errorf("send confirm: %w", err)
 	}
 	p.learn(st.Conn(), resp)
 	p.install(s, true)
-	installed = true
-	o.log.Debug("session up", "peer", p.id, "role", "initiator", "aead", suite)
+	o.log.Debug("session up", "peer", p.id, "role", "initiator", "aead", s.suite)
 	return nil
 }
 
@@ -622,37 +589,9 @@ func (p *Peer) respond(st network.Stream) error {
 		o.drops.badHandshake.Add(1)
 		return err
 	}
-	suite, err := chooseSuite(init.suites, init.hasAES, hasAESHardware(), o.cfg.AEAD)
+	s, resp, err := o.answer(p, init, o.DataAddr().Port())
 	if err != nil {
 		o.drops.badHandshake.Add(1)
-		return err
-	}
-	priv, eph, err := newEphemeral()
-	if err != nil {
-		return err
-	}
-	i2r, r2i, err := deriveKeys(priv, init.eph, suite, p.id, o.host.ID(), init.eph, eph)
-	if err != nil {
-		o.drops.badHandshake.Add(1)
-		return err
-	}
-	s := &session{created: time.Now(), localIndex: o.reserveIndex(p)}
-	if err := s.setKeys(suite, init.index, r2i, i2r); err != nil {
-		o.dropIndex(s.localIndex)
-		return err
-	}
-	o.publish(s)
-	resp := &hello{
-		typ:      helloResp,
-		suites:   []Suite{suite},
-		hasAES:   hasAESHardware(),
-		eph:      eph,
-		index:    s.localIndex,
-		dataPort: o.DataAddr().Port(),
-		addrs:    o.cfg.VirtualAddrs,
-	}
-	if err := resp.sign(o.cfg.Identity, p.id, o.host.ID(), &init.eph); err != nil {
-		o.dropIndex(s.localIndex)
 		return err
 	}
 	if err := writeMsg(st, resp.marshal()); err != nil {
@@ -671,7 +610,7 @@ func (p *Peer) respond(st network.Stream) error {
 		return errors.New("bad confirm message")
 	}
 	p.confirm(s)
-	o.log.Debug("session up", "peer", p.id, "role", "responder", "aead", suite)
+	o.log.Debug("session up", "peer", p.id, "role", "responder", "aead", s.suite)
 	return nil
 }
 

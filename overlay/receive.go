@@ -69,14 +69,7 @@ func (o *Overlay) receive(rx Receiver, dgram []byte, via Path, from netip.AddrPo
 		return
 	}
 	if h.typ == typeRoute {
-		switch err := s.openTag(h, dgram); {
-		case errors.Is(err, errAuth):
-			o.drops.auth.Add(1)
-			p.drops.Add(1)
-		case errors.Is(err, errReplay):
-			o.drops.replay.Add(1)
-			p.drops.Add(1)
-		default:
+		if o.opened(s.openTag(h, dgram), p) {
 			if via == PathUDP {
 				p.setEndpoint(from, "datagram from new address")
 			}
@@ -85,14 +78,7 @@ func (o *Overlay) receive(rx Receiver, dgram []byte, via Path, from netip.AddrPo
 		return
 	}
 	pt, err := s.open(h, dgram)
-	switch {
-	case errors.Is(err, errAuth):
-		o.drops.auth.Add(1)
-		p.drops.Add(1)
-		return
-	case errors.Is(err, errReplay):
-		o.drops.replay.Add(1)
-		p.drops.Add(1)
+	if !o.opened(err, p) {
 		return
 	}
 	// Authenticated: only now may the datagram move the peer's endpoint.
@@ -124,6 +110,21 @@ func (p *Peer) handle(rx Receiver, typ byte, dgram, pt []byte, via Path, from ne
 		p.rxBytes.Add(uint64(len(pt)))
 		rx.Deliver(dgram[:HeaderLen+len(pt)])
 	}
+}
+
+// opened reports whether a datagram from p opened, counting it by cause
+// when it did not.
+func (o *Overlay) opened(err error, p *Peer) bool {
+	switch {
+	case err == nil:
+		return true
+	case errors.Is(err, errReplay):
+		o.drops.replay.Add(1)
+	default:
+		o.drops.auth.Add(1)
+	}
+	p.drops.Add(1)
+	return false
 }
 
 // answerPing echoes a probe on the path it came by.

@@ -1,9 +1,7 @@
 package overlay
 
 import (
-	"crypto/ecdh"
 	"errors"
-	"fmt"
 	"net/netip"
 	"sync"
 	"time"
@@ -70,10 +68,8 @@ type ringState struct {
 }
 
 type pendingHello struct {
-	hello   *hello
-	ecdh    *ecdh.PrivateKey
-	session *session
-	sent    time.Time
+	*greeting
+	sent time.Time
 }
 
 // AddRingPeer keeps an end-to-end session with a node that has no link of
@@ -223,14 +219,7 @@ func (o *Overlay) deliverRouted(rx Receiver, rh routing.Header, inner []byte) {
 		return
 	}
 	pt, err := s.open(h, inner)
-	switch {
-	case errors.Is(err, errAuth):
-		o.drops.auth.Add(1)
-		p.drops.Add(1)
-		return
-	case errors.Is(err, errReplay):
-		o.drops.replay.Add(1)
-		p.drops.Add(1)
+	if !o.opened(err, p) {
 		return
 	}
 	if !s.sendReady.Load() {
@@ -299,31 +288,17 @@ func (p *Peer) sendHandshake(msg []byte) error {
 
 // initiateRing starts a handshake with a ring peer.
 func (p *Peer) initiateRing() error {
-	o := p.o
-	priv, eph, err := newEphemeral()
+	g, err := p.o.greet(p, 0)
 	if err != nil {
-		return err
-	}
-	s := &session{created: time.Now(), localIndex: o.reserveIndex(p)}
-	init := &hello{
-		typ:    helloInit,
-		suites: offeredSuites(o.cfg.AEAD),
-		hasAES: hasAESHardware(),
-		eph:    eph,
-		index:  s.localIndex,
-		addrs:  o.cfg.VirtualAddrs,
-	}
-	if err := init.sign(o.cfg.Identity, o.host.ID(), p.id, nil); err != nil {
-		o.dropIndex(s.localIndex)
 		return err
 	}
 	p.mu.Lock()
 	if old := p.ring.pending; old != nil {
-		o.dropIndex(old.session.localIndex)
+		p.o.abandon(old.greeting)
 	}
-	p.ring.pending = &pendingHello{hello: init, ecdh: priv, session: s, sent: time.Now()}
+	p.ring.pending = &pendingHello{greeting: g, sent: time.Now()}
 	p.mu.Unlock()
-	return p.sendHandshake(init.marshal())
+	return p.sendHandshake(g.hello.marshal())
 }
 
 // ringHandshake handles a hello that came over the ring.
@@ -375,38 +350,11 @@ func (o *Overlay) ringHandshake(rh routing.Header, body []byte) {
 // respondRing answers an initiating hello, its signature checked, that
 // came over the ring.
 func (p *Peer) respondRing(init *hello) error {
-	o := p.o
-	suite, err := chooseSuite(init.suites, init.hasAES, hasAESHardware(), o.cfg.AEAD)
+	s, resp, err := p.o.answer(p, init, 0)
 	if err != nil {
 		return err
 	}
-	priv, eph, err := newEphemeral()
-	if err != nil {
-		return err
-	}
-	i2r, r2i, err := deriveKeys(priv, init.eph, suite, p.id, o.host.ID(), init.eph, eph)
-	if err != nil {
-		return err
-	}
-	s := &session{created: time.Now(), localIndex: o.reserveIndex(p)}
-	if err := s.setKeys(suite, init.index, r2i, i2r); err != nil {
-		o.dropIndex(s.localIndex)
-		return err
-	}
-	resp := &hello{
-		typ:    helloResp,
-		suites: []Suite{suite},
-		hasAES: hasAESHardware(),
-		eph:    eph,
-		index:  s.localIndex,
-		addrs:  o.cfg.VirtualAddrs,
-	}
-	if err := resp.sign(o.cfg.Identity, p.id, o.host.ID(), &init.eph); err != nil {
-		o.dropIndex(s.localIndex)
-		return err
-	}
-	o.publish(s)
-	o.setAddrs(p, init.addrs)
+	p.o.setAddrs(p, init.addrs)
 	// Send only after the initiator's first datagram under these keys.
 	p.install(s, false)
 	return p.sendHandshake(resp.marshal())
@@ -414,7 +362,6 @@ func (p *Peer) respondRing(init *hello) error {
 
 // completeRing finishes a handshake this node started over the ring.
 func (p *Peer) completeRing(resp *hello) error {
-	o := p.o
 	p.mu.Lock()
 	var pend *pendingHello
 	if p.ring != nil {
@@ -424,28 +371,11 @@ func (p *Peer) completeRing(resp *hello) error {
 	if pend == nil {
 		return errors.New("answer to no pending hello")
 	}
-	fail := func(err error) error {
-		o.dropIndex(pend.session.localIndex)
+	if err := p.o.finish(p, pend.greeting, resp); err != nil {
 		return err
 	}
-	if err := resp.verify(p.id, o.host.ID(), p.id, &pend.hello.eph); err != nil {
-		return fail(err)
-	}
-	suite := resp.suites[0]
-	if !containsSuite(pend.hello.suites, suite) {
-		return fail(fmt.Errorf("peer chose %v, which was not offered", suite))
-	}
-	i2r, r2i, err := deriveKeys(pend.ecdh, resp.eph, suite, o.host.ID(), p.id, pend.hello.eph, resp.eph)
-	if err != nil {
-		return fail(err)
-	}
-	s := pend.session
-	if err := s.setKeys(suite, resp.index, i2r, r2i); err != nil {
-		return fail(err)
-	}
-	o.publish(s)
-	o.setAddrs(p, resp.addrs)
-	p.install(s, true)
+	p.o.setAddrs(p, resp.addrs)
+	p.install(pend.greeting.session, true)
 	p.path.Store(int32(PathRing))
 	// The first datagram under the new keys confirms them to the peer.
 	p.ping(time.Now())
