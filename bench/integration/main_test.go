@@ -125,3 +125,42 @@ func iperf(t *testing.T, ctx context.Context, client, server *testbed.VM, addr s
 		client.Name(), addr, args, r.Bytes, r.Seconds, r.BitsPerSecond/1e9, r.Retransmits)
 	return r
 }
+
+// aDialsB builds a bed with VM a at a site of kind aNAT and VM b at a
+// public site, starts b's node and then a's, with b as a's static peer (b
+// cannot dial a behind a NAT), and returns once a reaches b through the
+// overlay.
+func aDialsB(t *testing.T, ctx context.Context, aNAT testbed.NATKind) (bed *testbed.Bed, a, b *testbed.VM) {
+	t.Helper()
+	bed = testbed.NewT(t, testbed.Options{RingnetPath: ringnetBin})
+	aSite, err := bed.AddSite(ctx, "asite", aNAT)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bSite, err := bed.AddSite(ctx, "bsite", testbed.NATNone)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a, err = bed.AddVM(ctx, aSite, "a"); err != nil {
+		t.Fatal(err)
+	}
+	if b, err = bed.AddVM(ctx, bSite, "b"); err != nil {
+		t.Fatal(err)
+	}
+	peerB, err := b.PeerEntry(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.StartNode(ctx, nodeConfig(vipB)); err != nil {
+		t.Fatal(err)
+	}
+	cfg := nodeConfig(vipA)
+	cfg.Peers = []node.Peer{peerB}
+	if err := a.StartNode(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.WaitReachable(ctx, vipB); err != nil {
+		t.Fatal(err)
+	}
+	return bed, a, b
+}

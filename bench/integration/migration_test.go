@@ -3,6 +3,7 @@ package integration
 import (
 	"os"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -15,40 +16,10 @@ import (
 // must survive and resume, every byte delivered.
 func TestLiveMigrationKeepsTCP(t *testing.T) {
 	ctx := t.Context()
-	bed := testbed.NewT(t, testbed.Options{RingnetPath: ringnetBin})
-	site1, err := bed.AddSite(ctx, "nat1", testbed.NATCone)
-	if err != nil {
-		t.Fatal(err)
-	}
+	bed, a, b := aDialsB(t, ctx, testbed.NATCone)
+	site1 := a.Site()
 	site2, err := bed.AddSite(ctx, "nat2", testbed.NATCone)
 	if err != nil {
-		t.Fatal(err)
-	}
-	public, err := bed.AddSite(ctx, "pub", testbed.NATNone)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := bed.AddVM(ctx, site1, "a")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := bed.AddVM(ctx, public, "b")
-	if err != nil {
-		t.Fatal(err)
-	}
-	peerB, err := b.PeerEntry(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.StartNode(ctx, nodeConfig(vipB)); err != nil {
-		t.Fatal(err)
-	}
-	cfg := nodeConfig(vipA)
-	cfg.Peers = []node.Peer{peerB}
-	if err := a.StartNode(ctx, cfg); err != nil {
-		t.Fatal(err)
-	}
-	if err := a.WaitReachable(ctx, vipB); err != nil {
 		t.Fatal(err)
 	}
 	// A JSON server, so that --get-server-output brings its intervals.
@@ -104,46 +75,22 @@ func TestLiveMigrationKeepsTCP(t *testing.T) {
 // same peer ID and virtual address, and b reaches it there.
 func TestColdMigrationKeepsIdentity(t *testing.T) {
 	ctx := t.Context()
-	bed := testbed.NewT(t, testbed.Options{RingnetPath: ringnetBin})
-	var sites [3]*testbed.Site
-	for i, nat := range []testbed.NATKind{testbed.NATCone, testbed.NATCone, testbed.NATNone} {
-		var err error
-		if sites[i], err = bed.AddSite(ctx, "s"+strconv.Itoa(i), nat); err != nil {
-			t.Fatal(err)
-		}
-	}
-	a, err := bed.AddVM(ctx, sites[0], "a")
+	bed, a, b := aDialsB(t, ctx, testbed.NATCone)
+	other, err := bed.AddSite(ctx, "other", testbed.NATCone)
 	if err != nil {
 		t.Fatal(err)
 	}
-	moved, err := bed.AddVM(ctx, sites[1], "a2")
+	moved, err := bed.AddVM(ctx, other, "a2")
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := bed.AddVM(ctx, sites[2], "b")
-	if err != nil {
-		t.Fatal(err)
-	}
-	peerB, err := b.PeerEntry(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.StartNode(ctx, nodeConfig(vipB)); err != nil {
-		t.Fatal(err)
-	}
-	cfg := nodeConfig(vipA)
-	cfg.Peers = []node.Peer{peerB}
-	if err := a.StartNode(ctx, cfg); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.WaitReachable(ctx, vipA); err != nil {
-		t.Fatal(err)
-	}
+	cfg := a.NodeConfig()
+	cfg.StateDir = "" // the moved VM's own directory, which gets the copy
 	id, err := a.PeerID(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := a.StopNode(15); err != nil { // SIGTERM
+	if err := a.StopNode(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	// The VM's disk moves: its state directory, identity and all.
@@ -157,6 +104,9 @@ func TestColdMigrationKeepsIdentity(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if moved.StateDir() == a.StateDir() {
+		t.Fatal("the moved VM shares a's state directory: the test would not test")
+	}
 	if st.PeerID != id || st.VirtualIP != vipA {
 		t.Fatalf("after the move: peer ID %s, virtual IP %s; want %s and %s", st.PeerID, st.VirtualIP, id, vipA)
 	}
@@ -164,7 +114,7 @@ func TestColdMigrationKeepsIdentity(t *testing.T) {
 	if err := b.WaitReachable(ctx, vipA); err != nil {
 		t.Fatalf("b cannot reach a at its new site: %v", err)
 	}
-	t.Logf("a restarted at %s with peer ID %s; b reached it %v later", sites[1].Name(), id, time.Since(start).Round(time.Millisecond))
+	t.Logf("a restarted at %s with peer ID %s; b reached it %v later", other.Name(), id, time.Since(start).Round(time.Millisecond))
 	r, err := b.Ping(ctx, vipA, "-c", "5", "-i", "0.1", "-W", "2")
 	if err != nil || r.Received != 5 {
 		t.Errorf("ping after the move: %+v, %v", r, err)

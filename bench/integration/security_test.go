@@ -122,38 +122,7 @@ func dropsOf(t *testing.T, ctx context.Context, vm *testbed.VM) map[string]uint6
 func TestStreamFallbackWhenUDPIsBlocked(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
-	bed := testbed.NewT(t, testbed.Options{RingnetPath: ringnetBin})
-	blocked, err := bed.AddSite(ctx, "blocked", testbed.NATUDPBlocked)
-	if err != nil {
-		t.Fatal(err)
-	}
-	public, err := bed.AddSite(ctx, "public", testbed.NATNone)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := bed.AddVM(ctx, blocked, "a")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := bed.AddVM(ctx, public, "b")
-	if err != nil {
-		t.Fatal(err)
-	}
-	peerB, err := b.PeerEntry(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.StartNode(ctx, nodeConfig(vipB)); err != nil {
-		t.Fatal(err)
-	}
-	cfg := nodeConfig(vipA)
-	cfg.Peers = []node.Peer{peerB}
-	if err := a.StartNode(ctx, cfg); err != nil {
-		t.Fatal(err)
-	}
-	if err := a.WaitReachable(ctx, vipB); err != nil {
-		t.Fatal(err)
-	}
+	_, a, b := aDialsB(t, ctx, testbed.NATUDPBlocked)
 	r, err := a.Ping(ctx, vipB, "-c", "20", "-i", "0.05", "-W", "2")
 	if err != nil {
 		t.Fatal(err)
