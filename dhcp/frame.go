@@ -1,9 +1,6 @@
 package dhcp
 
-import (
-	"encoding/binary"
-	"net/netip"
-)
+import "encoding/binary"
 
 // Wire layout of the frames the server reads and writes.
 const (
@@ -182,11 +179,4 @@ func checksum(b []byte, initial uint64) uint16 {
 
 func unicastMAC(mac []byte) bool {
 	return len(mac) == 6 && mac[0]&1 == 0 && [6]byte(mac) != [6]byte{}
-}
-
-func as4(a netip.Addr) [4]byte {
-	if !a.IsValid() {
-		return [4]byte{}
-	}
-	return a.As4()
 }

@@ -383,9 +383,8 @@ func (s *Server) leaseFor(client ClientID) (netip.Addr, bool) {
 		return netip.Addr{}, false
 	}
 	addr = addr.Unmap()
-	a4 := as4(addr)
 	if !addr.Is4() || !s.subnet.Contains(addr) || addr == s.subnet.Addr() ||
-		a4 == s.subnetBroadcast || a4 == s.ip {
+		addr.As4() == s.subnetBroadcast || addr.As4() == s.ip {
 		s.count(countBadLease)
 		return netip.Addr{}, false
 	}
