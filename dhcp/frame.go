@@ -37,7 +37,6 @@ const (
 // inbound is a DHCP message taken out of its frame.
 type inbound struct {
 	srcMAC  [6]byte
-	srcIP   [4]byte
 	payload []byte // the UDP payload, cut to the UDP length
 }
 
@@ -94,7 +93,7 @@ func (s *Server) parseFrame(frame []byte) (inbound, frameClass) {
 	if !unicastMAC(src[:]) {
 		return inbound{}, malformed
 	}
-	return inbound{srcMAC: src, srcIP: [4]byte(ip[12:16]), payload: udp[udpHeaderLen:ulen]}, dhcpFrame
+	return inbound{srcMAC: src, payload: udp[udpHeaderLen:ulen]}, dhcpFrame
 }
 
 // toServer reports whether an IPv4 destination reaches the server: its

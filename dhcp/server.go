@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"net"
 	"net/netip"
@@ -204,7 +205,7 @@ func (s *Server) HandleFrame(frame, out []byte) (reply []byte, handled bool) {
 		s.count(countIgnored)
 		return nil, true
 	}
-	r := request{msg: msg, clientMAC: clientMAC(msg, in.srcMAC), srcIP: in.srcIP}
+	r := request{msg: msg, clientMAC: clientMAC(msg, in.srcMAC)}
 	r.client = clientID(msg, r.clientMAC)
 
 	var resp *response
@@ -251,7 +252,6 @@ type request struct {
 	msg       *dhcpv4.DHCPv4
 	client    ClientID
 	clientMAC [6]byte
-	srcIP     [4]byte
 }
 
 // response is a reply and where it goes.
@@ -314,12 +314,13 @@ func (s *Server) release(r request, declined bool) {
 }
 
 func (s *Server) inform(r request) *response {
-	return s.respond(r, dhcpv4.MessageTypeInform, netip.Addr{})
+	return s.respond(r, dhcpv4.MessageTypeAck, netip.Addr{})
 }
 
-// respond builds the reply of type typ (MessageTypeInform: the ACK to an
-// INFORM) offering or acknowledging yiaddr, and picks its destination
-// (RFC 2131 4.1, with giaddr zero).
+// respond builds the reply of type typ and picks its destination (RFC
+// 2131 4.1, with giaddr zero). An OFFER or ACK with a valid yiaddr hands
+// out that address with its lease times; an ACK without is the answer to
+// an INFORM; a NAK carries no configuration.
 func (s *Server) respond(r request, typ dhcpv4.MessageType, yiaddr netip.Addr) *response {
 	req := r.msg
 	ciaddr := [4]byte(req.ClientIPAddr.To4())
@@ -335,25 +336,15 @@ func (s *Server) respond(r request, typ dhcpv4.MessageType, yiaddr netip.Addr) *
 		ClientHWAddr:  req.ClientHWAddr,
 		Options:       make(dhcpv4.Options),
 	}
-	if yiaddr.IsValid() {
-		m.YourIPAddr = netIP(yiaddr)
-	}
-	switch typ {
-	case dhcpv4.MessageTypeAck, dhcpv4.MessageTypeInform:
+	if typ == dhcpv4.MessageTypeAck {
 		m.ClientIPAddr = req.ClientIPAddr
 	}
 	if typ != dhcpv4.MessageTypeNak {
-		for code, v := range s.options {
-			m.Options[code] = v
+		maps.Copy(m.Options, s.options)
+		if yiaddr.IsValid() {
+			m.YourIPAddr = netIP(yiaddr)
+			maps.Copy(m.Options, s.leaseOptions)
 		}
-	}
-	if typ == dhcpv4.MessageTypeOffer || typ == dhcpv4.MessageTypeAck {
-		for code, v := range s.leaseOptions {
-			m.Options[code] = v
-		}
-	}
-	if typ == dhcpv4.MessageTypeInform {
-		typ = dhcpv4.MessageTypeAck
 	}
 	m.UpdateOption(dhcpv4.OptMessageType(typ))
 	m.UpdateOption(dhcpv4.OptServerIdentifier(net.IP(s.ip[:])))
