@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/BurntSushi/toml"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -42,6 +43,11 @@ type TAPConfig struct {
 	// hands over 64 KiB TCP frames; the node falls back to plain frames
 	// where the kernel refuses.
 	Offloads *bool `toml:"offloads"`
+	// DHCP serves the VM's DHCP client on the TAP: it hands out Address,
+	// the MTU that fits the overlay and the virtual gateway.
+	DHCP *bool `toml:"dhcp"`
+	// LeaseTime is the DHCP lease time, such as "1h".
+	LeaseTime string `toml:"lease_time"`
 }
 
 // Listen names the node's sockets.
@@ -65,6 +71,7 @@ const (
 	DefaultControlPort = 4150
 	DefaultDataPort    = 4151
 	DefaultStateDir    = "/var/lib/ringnet"
+	DefaultLeaseTime   = time.Hour
 )
 
 // ConfigError names the field of a bad config.
@@ -129,6 +136,12 @@ func (c *Config) setDefaults() {
 	if c.TAP.Offloads == nil {
 		c.TAP.Offloads = ptr(true)
 	}
+	if c.TAP.DHCP == nil {
+		c.TAP.DHCP = ptr(true)
+	}
+	if c.TAP.LeaseTime == "" {
+		c.TAP.LeaseTime = DefaultLeaseTime.String()
+	}
 	if len(c.Listen.Control) == 0 {
 		c.Listen.Control = []string{
 			fmt.Sprintf("/ip4/0.0.0.0/tcp/%d", DefaultControlPort),
@@ -161,6 +174,9 @@ func (c *Config) Validate() error {
 	}
 	if _, err := c.VirtualPrefix(); err != nil {
 		return err
+	}
+	if d, err := time.ParseDuration(c.TAP.LeaseTime); err != nil || d < 10*time.Second || d > 365*24*time.Hour {
+		return fieldErr("tap.lease_time", "%q is not a duration from 10s to 8760h", c.TAP.LeaseTime)
 	}
 	if c.TAP.UnderlayMTU < 576 || c.TAP.UnderlayMTU > 65535 {
 		return fieldErr("tap.underlay_mtu", "%d is outside 576..65535", c.TAP.UnderlayMTU)
@@ -211,7 +227,27 @@ func (c *Config) VirtualPrefix() (netip.Prefix, error) {
 	if p.Addr() == p.Masked().Addr() {
 		return netip.Prefix{}, fieldErr("tap.address", "%v is the subnet's network address", p.Addr())
 	}
+	if gw := GatewayAddr(p); p.Addr() == gw || p.Addr() == gw.Next() {
+		return netip.Prefix{}, fieldErr("tap.address", "%v is reserved: the subnet's last address is its broadcast address and the one before it the virtual gateway's", p.Addr())
+	}
 	return p, nil
+}
+
+// GatewayAddr is the virtual gateway's address in a subnet: the last
+// address before the broadcast address, reserved in every subnet, so that
+// DHCP has a server address no VM can hold.
+func GatewayAddr(p netip.Prefix) netip.Addr {
+	a := p.Masked().Addr().As4()
+	host := ^uint32(0) >> p.Bits()
+	v := (uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])) | host
+	v-- // the broadcast address's predecessor
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}
+
+// LeaseDuration is tap.lease_time parsed.
+func (c *Config) LeaseDuration() time.Duration {
+	d, _ := time.ParseDuration(c.TAP.LeaseTime) // validated
+	return d
 }
 
 // ControlSocket is the path of the running node's control socket.

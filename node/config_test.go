@@ -2,6 +2,7 @@ package node
 
 import (
 	"errors"
+	"net/netip"
 	"strings"
 	"testing"
 )
@@ -29,6 +30,7 @@ func TestParseConfigErrorsNameTheField(t *testing.T) {
 	}{
 		{"no address", base, "tap.address"},
 		{"bad address", base + "[tap]\naddress = \"banana\"\n", "tap.address"},
+		{"lease time", base + "[tap]\naddress = \"10.128.0.1/16\"\nlease_time = \"soon\"\n", "tap.lease_time"},
 		{"IPv6 address", base + "[tap]\naddress = \"fd00::1/64\"\n", "tap.address"},
 		{"network address", base + "[tap]\naddress = \"10.128.0.0/16\"\n", "tap.address"},
 		{"prefix too long", base + "[tap]\naddress = \"10.128.0.1/32\"\n", "tap.address"},
@@ -80,4 +82,22 @@ func FuzzParseConfig(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestGatewayAddrIsReserved(t *testing.T) {
+	for _, c := range []struct{ prefix, gw string }{
+		{"10.128.0.1/16", "10.128.255.254"},
+		{"192.168.7.9/24", "192.168.7.254"},
+		{"10.0.0.1/30", "10.0.0.2"},
+	} {
+		if got := GatewayAddr(netip.MustParsePrefix(c.prefix)).String(); got != c.gw {
+			t.Errorf("GatewayAddr(%s) = %s, want %s", c.prefix, got, c.gw)
+		}
+	}
+	for _, addr := range []string{"10.128.255.254/16", "10.128.255.255/16"} {
+		var ce *ConfigError
+		if _, err := ParseConfig([]byte("[tap]\naddress = \"" + addr + "\"\n")); !errors.As(err, &ce) || ce.Field != "tap.address" {
+			t.Errorf("address %s: err = %v, want one naming tap.address", addr, err)
+		}
+	}
 }

@@ -129,6 +129,11 @@ func (n *Node) Status() Status {
 	}
 	st.TAP.Counters["from_vm_drop_bad_vnet_hdr_read"] = n.badVnetHdr.Load()
 	st.TAP.Counters["from_vm_drop_segment_failed"] = n.segmentFailed.Load()
+	if n.dhcp != nil {
+		for k, v := range n.dhcp.Counters() {
+			st.TAP.Counters["dhcp_"+k] = v
+		}
+	}
 	for _, a := range n.ov.Host().Addrs() {
 		st.Addresses = append(st.Addresses, a.String()+"/p2p/"+n.ov.ID().String())
 	}

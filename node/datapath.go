@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 
+	"github.com/ringnet/ringnet/dhcp"
 	"github.com/ringnet/ringnet/overlay"
 	"github.com/ringnet/ringnet/tap"
 )
@@ -84,8 +85,12 @@ func (n *Node) outbound(readOff int, handle func(buf, frame []byte, q *overlay.S
 // out together with one sendmmsg.
 func (n *Node) readTAP() {
 	reply := make([]byte, tap.ReplyBufLen)
+	dhcpOut := make([]byte, dhcp.MaxFrameLen)
 	var frags fragmentSender
 	n.outbound(overlay.HeaderLen-tap.EthHeaderLen, func(buf, frame []byte, q *overlay.SendQueue) {
+		if n.dhcpReply(frame, 0, dhcpOut) {
+			return // DHCP never leaves the VM's TAP
+		}
 		res := n.gw.FromVM(frame, reply)
 		switch res.Verdict {
 		case tap.Forward:
@@ -118,12 +123,16 @@ func (n *Node) readTAPOffload() {
 	const maxSegs = 65536/(576-40) + 1
 	segs := make([]byte, maxSegs*(n.mtu+overlay.Overhead))
 	segSizes := make([]int, maxSegs)
+	dhcpOut := make([]byte, tap.VirtioNetHdrLen+dhcp.MaxFrameLen)
 	var frags fragmentSender
 	n.outbound(vnetOff, func(buf, frame []byte, q *overlay.SendQueue) {
 		var hdr tap.VirtioNetHdr
 		if len(frame) < tap.VirtioNetHdrLen || hdr.Decode(frame) != nil {
 			n.badVnetHdr.Add(1)
 			return
+		}
+		if n.dhcpReply(frame, tap.VirtioNetHdrLen, dhcpOut) {
+			return // DHCP never leaves the VM's TAP
 		}
 		res := n.gw.FromVMOffload(hdr, frame[tap.VirtioNetHdrLen:], reply)
 		switch res.Verdict {

@@ -18,6 +18,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/multiformats/go-multiaddr"
 
+	"github.com/ringnet/ringnet/dhcp"
 	"github.com/ringnet/ringnet/overlay"
 	"github.com/ringnet/ringnet/tap"
 )
@@ -60,6 +61,7 @@ type Node struct {
 	// offloads: the TAP hands over and takes vnet headers with 64 KiB
 	// TCP frames (datapath.go).
 	offloads tap.OffloadState
+	dhcp     *dhcp.Server // nil when tap.dhcp is off
 
 	badVnetHdr    atomic.Uint64 // frames whose vnet header did not decode
 	segmentFailed atomic.Uint64 // offloaded packets Segment refused
@@ -143,15 +145,23 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger, opts ...Option) (*N
 	if err != nil {
 		return nil, err
 	}
+	gwAddr := GatewayAddr(prefix)
 	n.gw, err = tap.NewGateway(tap.GatewayConfig{
 		Addr:       prefix,
 		GatewayMAC: n.gwMAC,
 		VMMAC:      vmMAC,
 		MTU:        n.mtu,
-		Holds:      n.ov.Holds,
+		// The gateway's own address answers too: the VM renews its DHCP
+		// lease there.
+		Holds: func(a netip.Addr) bool { return a == gwAddr || n.ov.Holds(a) },
 	})
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	if *cfg.TAP.DHCP {
+		if n.dhcp, err = n.newDHCP(); err != nil {
+			return nil, fmt.Errorf("DHCP server: %w", err)
+		}
 	}
 	for i, p := range cfg.Peers {
 		info, err := peerInfo(p)

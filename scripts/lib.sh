@@ -27,7 +27,8 @@ need_go() {
 # COMMAND starting with / is a file that must exist).
 install_tools() {
   local pair cmd missing=()
-  for pair in ip:iproute2 nft:nftables ethtool:ethtool iperf3:iperf3 ping:iputils-ping "$@"; do
+  for pair in ip:iproute2 nft:nftables ethtool:ethtool iperf3:iperf3 ping:iputils-ping \
+    udhcpc:udhcpc dhclient:isc-dhcp-client "$@"; do
     cmd=${pair%%:*}
     case $cmd in
       /*) [ -e "$cmd" ] || missing+=("${pair#*:}") ;;

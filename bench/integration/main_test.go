@@ -132,6 +132,23 @@ func iperf(t *testing.T, ctx context.Context, client, server *testbed.VM, addr s
 // overlay.
 func aDialsB(t *testing.T, ctx context.Context, aNAT testbed.NATKind) (bed *testbed.Bed, a, b *testbed.VM) {
 	t.Helper()
+	bed, a, b = startPairIn(t, ctx, aNAT, nil)
+	if err := a.WaitReachable(ctx, vipB); err != nil {
+		t.Fatal(err)
+	}
+	return bed, a, b
+}
+
+// startPair is aDialsB without the wait, with a's config changed by
+// change (nil: as it is).
+func startPair(t *testing.T, ctx context.Context, aNAT testbed.NATKind, change func(*node.Config)) (a, b *testbed.VM) {
+	t.Helper()
+	_, a, b = startPairIn(t, ctx, aNAT, change)
+	return a, b
+}
+
+func startPairIn(t *testing.T, ctx context.Context, aNAT testbed.NATKind, change func(*node.Config)) (bed *testbed.Bed, a, b *testbed.VM) {
+	t.Helper()
 	bed = testbed.NewT(t, testbed.Options{RingnetPath: ringnetBin})
 	aSite, err := bed.AddSite(ctx, "asite", aNAT)
 	if err != nil {
@@ -156,10 +173,10 @@ func aDialsB(t *testing.T, ctx context.Context, aNAT testbed.NATKind) (bed *test
 	}
 	cfg := nodeConfig(vipA)
 	cfg.Peers = []node.Peer{peerB}
-	if err := a.StartNode(ctx, cfg); err != nil {
-		t.Fatal(err)
+	if change != nil {
+		change(&cfg)
 	}
-	if err := a.WaitReachable(ctx, vipB); err != nil {
+	if err := a.StartNode(ctx, cfg); err != nil {
 		t.Fatal(err)
 	}
 	return bed, a, b
