@@ -20,12 +20,12 @@ type greeting struct {
 
 // greet makes a signed initiating hello for p, with a fresh ephemeral key
 // and the index its session will have.
-func (o *Overlay) greet(p *Peer, dataPort uint16) (*greeting, error) {
+func (o *Overlay) greet(p *Peer, dataPort uint16, viaRing bool) (*greeting, error) {
 	priv, eph, err := newEphemeral()
 	if err != nil {
 		return nil, err
 	}
-	s := &session{created: time.Now(), localIndex: o.reserveIndex(p)}
+	s := &session{created: time.Now(), localIndex: o.reserveIndex(p), viaRing: viaRing}
 	h := &hello{
 		typ:      helloInit,
 		suites:   offeredSuites(o.cfg.AEAD),
@@ -48,7 +48,7 @@ func (o *Overlay) abandon(g *greeting) { o.dropIndex(g.session.localIndex) }
 // answer keys the responder's session for init, an initiating hello from
 // p whose signature the caller checked, and makes the signed answer. The
 // session is published: it receives at once, and sends once confirmed.
-func (o *Overlay) answer(p *Peer, init *hello, dataPort uint16) (*session, *hello, error) {
+func (o *Overlay) answer(p *Peer, init *hello, dataPort uint16, viaRing bool) (*session, *hello, error) {
 	suite, err := chooseSuite(init.suites, init.hasAES, hasAESHardware(), o.cfg.AEAD)
 	if err != nil {
 		return nil, nil, err
@@ -61,7 +61,7 @@ func (o *Overlay) answer(p *Peer, init *hello, dataPort uint16) (*session, *hell
 	if err != nil {
 		return nil, nil, err
 	}
-	s := &session{created: time.Now(), localIndex: o.reserveIndex(p)}
+	s := &session{created: time.Now(), localIndex: o.reserveIndex(p), viaRing: viaRing}
 	if err := s.setKeys(suite, init.index, r2i, i2r); err != nil {
 		o.dropIndex(s.localIndex)
 		return nil, nil, err

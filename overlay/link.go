@@ -533,7 +533,7 @@ func (p *Peer) initiate(ctx context.Context) error {
 	deadline, _ := ctx.Deadline()
 	st.SetDeadline(deadline)
 
-	g, err := o.greet(p, o.DataAddr().Port())
+	g, err := o.greet(p, o.DataAddr().Port(), false)
 	if err != nil {
 		return err
 	}
@@ -589,7 +589,7 @@ func (p *Peer) respond(st network.Stream) error {
 		o.drops.badHandshake.Add(1)
 		return err
 	}
-	s, resp, err := o.answer(p, init, o.DataAddr().Port())
+	s, resp, err := o.answer(p, init, o.DataAddr().Port(), false)
 	if err != nil {
 		o.drops.badHandshake.Add(1)
 		return err

@@ -56,15 +56,10 @@ func (o *Overlay) receive(rx Receiver, dgram []byte, via Path, from netip.AddrPo
 		o.drops.malformed.Add(1)
 		return
 	}
-	var p *Peer
-	var s *session
-	o.mu.RLock()
-	if e := o.byIndex[h.receiver]; e != nil {
-		p, s = e.peer, e.session
-	}
-	o.mu.RUnlock()
-	// No session yet (a handshake in progress) counts as unknown too.
-	if s == nil || (sender != nil && p != sender) {
+	p, s := o.session(h.receiver)
+	// No session yet (a handshake in progress) counts as unknown too, and
+	// so does an end-to-end session of the ring, which no link carries.
+	if s == nil || s.viaRing || (sender != nil && p != sender) {
 		o.drops.unknownPeer.Add(1)
 		return
 	}
@@ -110,6 +105,17 @@ func (p *Peer) handle(rx Receiver, typ byte, dgram, pt []byte, via Path, from ne
 		p.rxBytes.Add(uint64(len(pt)))
 		rx.Deliver(dgram[:HeaderLen+len(pt)])
 	}
+}
+
+// session finds the session a receiver index names, and its peer; nil
+// while the session's handshake is still in progress.
+func (o *Overlay) session(idx uint32) (*Peer, *session) {
+	o.mu.RLock()
+	defer o.mu.RUnlock()
+	if e := o.byIndex[idx]; e != nil {
+		return e.peer, e.session
+	}
+	return nil, nil
 }
 
 // opened reports whether a datagram from p opened, counting it by cause

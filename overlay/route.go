@@ -195,14 +195,8 @@ func (o *Overlay) deliverRouted(rx Receiver, rh routing.Header, inner []byte) {
 		o.drops.malformed.Add(1)
 		return
 	}
-	var p *Peer
-	var s *session
-	o.mu.RLock()
-	if e := o.byIndex[h.receiver]; e != nil {
-		p, s = e.peer, e.session
-	}
-	o.mu.RUnlock()
-	if s == nil {
+	p, s := o.session(h.receiver)
+	if s == nil || !s.viaRing {
 		o.drops.unknownPeer.Add(1)
 		return
 	}
@@ -288,7 +282,7 @@ func (p *Peer) sendHandshake(msg []byte) error {
 
 // initiateRing starts a handshake with a ring peer.
 func (p *Peer) initiateRing() error {
-	g, err := p.o.greet(p, 0)
+	g, err := p.o.greet(p, 0, true)
 	if err != nil {
 		return err
 	}
@@ -350,7 +344,7 @@ func (o *Overlay) ringHandshake(rh routing.Header, body []byte) {
 // respondRing answers an initiating hello, its signature checked, that
 // came over the ring.
 func (p *Peer) respondRing(init *hello) error {
-	s, resp, err := p.o.answer(p, init, 0)
+	s, resp, err := p.o.answer(p, init, 0, true)
 	if err != nil {
 		return err
 	}

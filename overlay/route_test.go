@@ -167,3 +167,36 @@ func FuzzRouted(f *testing.F) {
 		}
 	})
 }
+
+// TestRelayCannotUnwrapRingDatagrams has b take the end-to-end datagram
+// out of a routed one and hand it to c as if a had sent it directly: c
+// must refuse it, and must not move a's endpoint to b.
+func TestRelayCannotUnwrapRingDatagrams(t *testing.T) {
+	a, b, c := chain(t)
+	if err := a.AddRingPeer(c.ID()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a ring session both ways", func() bool {
+		return peerStatus(a, c.ID()).Path == PathRing && peerStatus(c, a.ID()).Path == PathRing
+	})
+	a.mu.RLock()
+	p := a.peers[c.ID()]
+	a.mu.RUnlock()
+	pkt := ipv4("10.128.0.1", "10.128.0.3", "unwrapped")
+	inner := make([]byte, HeaderLen+len(pkt)+TagLen)
+	copy(inner[HeaderLen:], pkt)
+	dgram, ok := p.sendSession.Load().seal(typeData, inner, len(pkt))
+	if !ok {
+		t.Fatal("seal")
+	}
+	before := c.Drops()["unknown_peer"]
+	if _, err := b.udp.WriteToUDPAddrPort(dgram, c.DataAddr()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "c to refuse the unwrapped datagram", func() bool { return c.Drops()["unknown_peer"] > before })
+	select {
+	case got := <-c.got:
+		t.Fatalf("c delivered an unwrapped ring datagram: %x", got)
+	default:
+	}
+}

@@ -86,6 +86,11 @@ type session struct {
 	// sendReady is false on the responder until the initiator confirms it
 	// holds the keys, so that the first datagrams are not lost.
 	sendReady atomic.Bool
+	// viaRing marks an end-to-end session with a node reached over the
+	// ring: its datagrams are taken only out of routed datagrams, and a
+	// link session's only directly, so that no relay can pass one off as
+	// the other.
+	viaRing bool
 
 	replayMu sync.Mutex
 	replay   replay.Filter
