@@ -43,12 +43,22 @@ func (p Path) String() string {
 // Link timing.
 const (
 	tickInterval = time.Second
-	// pingInterval keeps NAT mappings and the path choice fresh while a
-	// link is idle; a probing link (UDP not yet confirmed) pings every tick.
-	pingInterval = 5 * time.Second
-	// udpTimeout is how long UDP may go without an answered ping before
-	// the link falls back to the stream.
-	udpTimeout       = 15 * time.Second
+	// pingInterval keeps an idle link's NAT mappings and path choice
+	// fresh: only the end with the lower peer ID pings, after this long
+	// without hearing the peer over UDP (25 s, as WireGuard's keepalive,
+	// is short enough for NATs); the other end waits pingGrace longer.
+	// A link that is probing (UDP not yet confirmed, or sending without
+	// hearing back) pings every tick.
+	pingInterval = 25 * time.Second
+	pingGrace    = 5 * time.Second
+	// udpTimeout is how long an idle link may go without hearing the peer
+	// over UDP before it falls back to the stream; a link that is sending
+	// gives up after sendTimeout.
+	udpTimeout  = pingInterval + pingGrace + 5*time.Second
+	sendTimeout = 5 * time.Second
+	// quietAfter is how long a link that sends may go without hearing
+	// the peer before it starts probing.
+	quietAfter       = 2 * time.Second
 	handshakeTimeout = 5 * time.Second
 	dialTimeout      = 5 * time.Second
 	// rekeyGrace lets the peer with the lower ID rekey first, so that both
@@ -76,12 +86,17 @@ type Peer struct {
 	ring          *ringState // set for a peer reached over the ring
 	current       *session   // newest session
 	previous      *session   // kept for datagrams still in flight
-	lastUDPPong   time.Time
 	lastPing      time.Time
+	lastTx        uint64    // txPackets at the last tick
+	lastTxChange  time.Time // when txPackets last moved
 	lastRekey     time.Time
 	rekeyWanted   bool
 	rtt           time.Duration
 	pendingProbes map[uint64]bool
+
+	// heardUDP is when an authenticated datagram from the peer last came
+	// over UDP (unix nanoseconds): proof that the UDP path works.
+	heardUDP atomic.Int64
 
 	rekeys                                 atomic.Uint64
 	txPackets, txBytes, rxPackets, rxBytes atomic.Uint64
@@ -269,8 +284,19 @@ func (p *Peer) ping(now time.Time) {
 	}
 	p.mu.Lock()
 	overRing := p.ring != nil && Path(p.path.Load()) == PathRing
-	confirmed := overRing || now.Sub(p.lastUDPPong) < pingInterval+tickInterval
-	due := now.Sub(p.lastPing) >= pingInterval || !confirmed
+	quiet := now.Sub(p.heard())
+	sending := now.Sub(p.lastTxChange) < quietAfter
+	var due bool
+	switch {
+	case overRing:
+		due = now.Sub(p.lastPing) >= pingInterval
+	case quiet >= udpTimeout, sending && quiet >= quietAfter:
+		due = true // probing
+	case p.o.host.ID() < p.id:
+		due = quiet >= pingInterval && now.Sub(p.lastPing) >= pingInterval
+	default:
+		due = quiet >= pingInterval+pingGrace && now.Sub(p.lastPing) >= pingInterval
+	}
 	if !due {
 		p.mu.Unlock()
 		return
@@ -317,12 +343,20 @@ func (p *Peer) pong(payload []byte, via Path) {
 	if rtt := now.Sub(sent); rtt >= 0 && rtt < time.Minute {
 		p.rtt = rtt
 	}
-	if via == PathUDP {
-		first := now.Sub(p.lastUDPPong) >= udpTimeout
-		p.lastUDPPong = now
-		if first {
-			p.wake() // switch to UDP without waiting for the tick
-		}
+}
+
+// heard is when the peer was last heard over UDP; zero if never.
+func (p *Peer) heard() time.Time {
+	if n := p.heardUDP.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
+}
+
+// hearUDP notes an authenticated datagram from the peer over UDP.
+func (p *Peer) hearUDP(now time.Time) {
+	if old := p.heardUDP.Swap(now.UnixNano()); now.Sub(time.Unix(0, old)) >= udpTimeout {
+		p.wake() // switch to UDP without waiting for the tick
 	}
 }
 
@@ -330,8 +364,13 @@ func (p *Peer) pong(payload []byte, via Path) {
 // the control connection is up, and nothing otherwise.
 func (p *Peer) updatePath(now time.Time, connected bool) {
 	p.mu.Lock()
-	udpOK := !p.lastUDPPong.IsZero() && now.Sub(p.lastUDPPong) < udpTimeout
+	if tx := p.txPackets.Load(); tx != p.lastTx {
+		p.lastTx, p.lastTxChange = tx, now
+	}
+	quiet := now.Sub(p.heard())
+	sending := now.Sub(p.lastTxChange) < quietAfter
 	p.mu.Unlock()
+	udpOK := quiet < udpTimeout && !(sending && quiet >= sendTimeout)
 	next := PathNone
 	switch {
 	case p.sendSession.Load() == nil:

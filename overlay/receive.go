@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"sync/atomic"
+	"time"
 )
 
 // maxDatagram is the largest datagram the receive path reads.
@@ -66,6 +67,7 @@ func (o *Overlay) receive(rx Receiver, dgram []byte, via Path, from netip.AddrPo
 	if h.typ == typeRoute {
 		if o.opened(s.openTag(h, dgram), p) {
 			if via == PathUDP {
+				p.hearUDP(time.Now())
 				p.setEndpoint(from, "datagram from new address")
 			}
 			o.routed(rx, dgram, p)
@@ -75,6 +77,9 @@ func (o *Overlay) receive(rx Receiver, dgram []byte, via Path, from netip.AddrPo
 	pt, err := s.open(h, dgram)
 	if !o.opened(err, p) {
 		return
+	}
+	if via == PathUDP {
+		p.hearUDP(time.Now())
 	}
 	// Authenticated: only now may the datagram move the peer's endpoint.
 	if via == PathUDP {
