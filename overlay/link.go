@@ -59,6 +59,7 @@ const (
 	// quietAfter is how long a link that sends may go without hearing
 	// the peer before it starts probing.
 	quietAfter       = 2 * time.Second
+	hearResolution   = 50 * time.Millisecond
 	handshakeTimeout = 5 * time.Second
 	dialTimeout      = 5 * time.Second
 	// rekeyGrace lets the peer with the lower ID rekey first, so that both
@@ -353,9 +354,16 @@ func (p *Peer) heard() time.Time {
 	return time.Time{}
 }
 
-// hearUDP notes an authenticated datagram from the peer over UDP.
+// hearUDP notes an authenticated datagram from the peer over UDP. The
+// time is stored only when it moved by more than hearResolution, so that
+// a flood of datagrams does not write the same cache line each time.
 func (p *Peer) hearUDP(now time.Time) {
-	if old := p.heardUDP.Swap(now.UnixNano()); now.Sub(time.Unix(0, old)) >= udpTimeout {
+	old := p.heardUDP.Load()
+	if now.UnixNano()-old < int64(hearResolution) {
+		return
+	}
+	p.heardUDP.Store(now.UnixNano())
+	if now.Sub(time.Unix(0, old)) >= udpTimeout {
 		p.wake() // switch to UDP without waiting for the tick
 	}
 }

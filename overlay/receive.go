@@ -36,22 +36,24 @@ func (o *Overlay) receiveUDP() {
 			o.log.Warn("data socket read", "err", err)
 			continue
 		}
+		now := time.Now() // one clock read a batch: the per-datagram path needs no more
 		for i := range cnt {
 			n, oob := m.received(i)
 			segSize := o.udp.segmentSize(n, oob)
 			from := m.from(i)
 			for off := 0; off < n; off += segSize {
-				o.receive(rx, bufs[i][off:min(off+segSize, n)], PathUDP, from, nil)
+				o.receive(rx, bufs[i][off:min(off+segSize, n)], PathUDP, from, nil, now)
 			}
 		}
 		rx.Flush()
 	}
 }
 
-// receive handles one datagram. via says where it came from: for UDP, from
-// is its source; for the stream, sender is the authenticated peer it came
-// from, and datagrams that name another peer's session are refused.
-func (o *Overlay) receive(rx Receiver, dgram []byte, via Path, from netip.AddrPort, sender *Peer) {
+// receive handles one datagram that arrived at now. via says where it came
+// from: for UDP, from is its source; for the stream, sender is the
+// authenticated peer it came from, and datagrams that name another peer's
+// session are refused.
+func (o *Overlay) receive(rx Receiver, dgram []byte, via Path, from netip.AddrPort, sender *Peer, now time.Time) {
 	h, err := parseHeader(dgram)
 	if err != nil {
 		o.drops.malformed.Add(1)
@@ -67,7 +69,7 @@ func (o *Overlay) receive(rx Receiver, dgram []byte, via Path, from netip.AddrPo
 	if h.typ == typeRoute {
 		if o.opened(s.openTag(h, dgram), p) {
 			if via == PathUDP {
-				p.hearUDP(time.Now())
+				p.hearUDP(now)
 				p.setEndpoint(from, "datagram from new address")
 			}
 			o.routed(rx, dgram, p)
@@ -79,7 +81,7 @@ func (o *Overlay) receive(rx Receiver, dgram []byte, via Path, from netip.AddrPo
 		return
 	}
 	if via == PathUDP {
-		p.hearUDP(time.Now())
+		p.hearUDP(now)
 	}
 	// Authenticated: only now may the datagram move the peer's endpoint.
 	if via == PathUDP {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/netip"
 	"sync"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -154,7 +155,7 @@ func (o *Overlay) handleDataStream(st network.Stream) {
 		if _, err := io.ReadFull(r, buf[:n]); err != nil {
 			return
 		}
-		o.receive(rx, buf[:n], PathStream, netip.AddrPort{}, p)
+		o.receive(rx, buf[:n], PathStream, netip.AddrPort{}, p, time.Now())
 		if r.Buffered() == 0 {
 			rx.Flush()
 		}
