@@ -1,5 +1,6 @@
 // Command demo shows ringnet at work: three VMs, each at a site of its own,
-// reach each other by their virtual addresses through the overlay. It builds
+// reach each other by their virtual addresses through the overlay, and a
+// fourth, behind a NAT, gets its address by DHCP from its node. It builds
 // them as network namespaces (bench/testbed), so it needs root, and removes
 // everything when it ends. scripts/demo builds ringnet and runs it.
 package main
@@ -10,6 +11,8 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/ringnet/ringnet/bench/testbed"
@@ -116,7 +119,79 @@ func run(ctx context.Context, ringnet, runID string) error {
 	for _, p := range st.Peers {
 		say("  peer %s: link %s, path %s, %d packets sent, %d received", p.PeerID, p.Link, p.Path, p.TxPackets, p.RxPackets)
 	}
-	say("\nDone: three VMs at three sites talked over their virtual addresses through ringnet.")
+	if err := dhcpDemo(ctx, bed, a); err != nil {
+		return err
+	}
+	say("\nDone: four VMs at four sites talked over their virtual addresses through ringnet.")
+	return nil
+}
+
+// udhcpcScript configures only the VM's own interface with what the DHCP
+// server handed out.
+const udhcpcScript = `#!/bin/sh
+case "$1" in
+bound|renew)
+	ip addr flush dev "$interface"
+	ip addr add "$ip/$mask" dev "$interface"
+	[ -n "$mtu" ] && ip link set dev "$interface" mtu "$mtu" ;;
+esac
+`
+
+// dhcpDemo boots a VM the way an appliance image does: its node leaves the
+// TAP unconfigured, and the VM's own DHCP client asks the node for its
+// address.
+func dhcpDemo(ctx context.Context, bed *testbed.Bed, peer *member) error {
+	say("\nA fourth VM, dave, boots like an appliance behind a NAT: its node leaves the TAP")
+	say("unconfigured, and dave's own DHCP client (busybox udhcpc) asks the node for an address.")
+	site, err := bed.AddSite(ctx, "oslo", testbed.NATCone)
+	if err != nil {
+		return err
+	}
+	dave, err := bed.AddVM(ctx, site, "dave")
+	if err != nil {
+		return err
+	}
+	entry, err := peer.vm.PeerEntry(ctx)
+	if err != nil {
+		return err
+	}
+	no := false
+	cfg := node.Config{
+		TAP:   node.TAPConfig{Address: "10.128.0.4/16", ConfigureAddress: &no},
+		Peers: []node.Peer{entry},
+	}
+	if err := dave.StartNode(ctx, cfg); err != nil {
+		bed.DumpLogs(30)
+		return err
+	}
+	script := filepath.Join(dave.Dir(), "udhcpc.sh")
+	if err := os.WriteFile(script, []byte(udhcpcScript), 0o755); err != nil {
+		return err
+	}
+	if out, err := dave.Output(ctx, "udhcpc", "-i", testbed.TAPName, "-q", "-n", "-t", "5", "-T", "1", "-s", script); err != nil {
+		return fmt.Errorf("udhcpc in dave: %w\n%s", err, out)
+	}
+	addr, err := dave.Output(ctx, "ip", "-4", "-o", "addr", "show", "dev", testbed.TAPName)
+	if err != nil {
+		return err
+	}
+	mtu, err := dave.Output(ctx, "cat", "/sys/class/net/"+testbed.TAPName+"/mtu")
+	if err != nil {
+		return err
+	}
+	fields := strings.Fields(string(addr))
+	if len(fields) < 4 {
+		return fmt.Errorf("dave has no address after DHCP: %q", addr)
+	}
+	say("  dave's DHCP client got %s with MTU %s (the overlay's, so nothing fragments).", fields[3], strings.TrimSpace(string(mtu)))
+	if err := dave.WaitReachable(ctx, peer.vip); err != nil {
+		return err
+	}
+	r, err := dave.Ping(ctx, peer.vip, "-c", "3", "-i", "0.2", "-W", "2")
+	if err != nil {
+		return err
+	}
+	say("  dave -> %s (%s): %d of %d replies, average round trip %.3f ms", peer.name, peer.vip, r.Received, r.Transmitted, r.AvgRTTMs)
 	return nil
 }
 
