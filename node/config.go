@@ -74,13 +74,24 @@ const (
 	DefaultLeaseTime   = time.Hour
 )
 
-// ConfigError names the field of a bad config.
+// ConfigError is a config that cannot be used: it names the field, or the
+// line of a syntax error, where it can. `ringnet up` exits with status 2
+// on one.
 type ConfigError struct {
-	Field string
+	Field string // empty when no field is to blame
+	Line  int    // for syntax errors; 0 when unknown
 	Err   error
 }
 
-func (e *ConfigError) Error() string { return fmt.Sprintf("config field %s: %v", e.Field, e.Err) }
+func (e *ConfigError) Error() string {
+	switch {
+	case e.Field != "":
+		return fmt.Sprintf("config field %s: %v", e.Field, e.Err)
+	case e.Line > 0:
+		return fmt.Sprintf("config line %d: %v", e.Line, e.Err)
+	}
+	return fmt.Sprintf("config: %v", e.Err)
+}
 func (e *ConfigError) Unwrap() error { return e.Err }
 
 func fieldErr(field, format string, args ...any) error {
@@ -91,7 +102,7 @@ func fieldErr(field, format string, args ...any) error {
 func LoadConfig(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("read config: %w", err)
+		return nil, &ConfigError{Err: err}
 	}
 	return ParseConfig(data)
 }
@@ -103,9 +114,10 @@ func ParseConfig(data []byte) (*Config, error) {
 	if err != nil {
 		var perr toml.ParseError
 		if errors.As(err, &perr) {
-			return nil, fmt.Errorf("config line %d: %s", perr.Position.Line, perr.Message)
+			return nil, &ConfigError{Line: perr.Position.Line, Err: errors.New(perr.Message)}
 		}
-		return nil, fmt.Errorf("config: %w", err)
+		// A value of the wrong type for its field, and the like.
+		return nil, &ConfigError{Err: err}
 	}
 	if undecoded := md.Undecoded(); len(undecoded) > 0 {
 		return nil, fieldErr(undecoded[0].String(), "unknown field")

@@ -64,8 +64,21 @@ func TestParseConfigErrorsNameTheField(t *testing.T) {
 
 func TestParseConfigSyntaxErrorGivesLine(t *testing.T) {
 	_, err := ParseConfig([]byte("state_dir = \"/tmp\"\nlog_level = = 1\n"))
-	if err == nil || !strings.Contains(err.Error(), "line 2") {
-		t.Fatalf("err = %v, want one naming line 2", err)
+	var ce *ConfigError
+	if !errors.As(err, &ce) || ce.Line != 2 || !strings.Contains(err.Error(), "line 2") {
+		t.Fatalf("err = %v, want a ConfigError naming line 2", err)
+	}
+}
+
+func TestLoadConfigErrorsAreConfigErrors(t *testing.T) {
+	for name, load := range map[string]func() error{
+		"missing file": func() error { _, err := LoadConfig("/nonexistent/ringnet.toml"); return err },
+		"wrong type":   func() error { _, err := ParseConfig([]byte("log_level = 3\n")); return err },
+	} {
+		var ce *ConfigError
+		if err := load(); !errors.As(err, &ce) {
+			t.Errorf("%s: err = %v, want a ConfigError (exit status 2)", name, err)
+		}
 	}
 }
 

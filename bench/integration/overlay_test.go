@@ -161,6 +161,11 @@ address = "10.128.0.1/16"
 id = "not-a-peer-id"
 addrs = ["/ip4/100.96.1.10/tcp/4150"]
 `},
+		// A syntax error names no field, but its line (the parser's: the
+		// newline that ends the broken table header starts line 3).
+		{"config line 3", `[tap
+address = "10.128.0.1/16"
+`},
 	}
 	// A bad config must be refused before the node touches any device;
 	// run it in a namespace of its own anyway.
