@@ -44,22 +44,19 @@ func (p Path) String() string {
 const (
 	tickInterval = time.Second
 	// pingInterval keeps an idle link's NAT mappings and path choice
-	// fresh: only the end with the lower peer ID pings, after this long
-	// without hearing the peer over UDP (25 s, as WireGuard's keepalive,
-	// is short enough for NATs); the other end waits pingGrace longer.
-	// A link that is probing (UDP not yet confirmed, or sending without
-	// hearing back) pings every tick.
+	// fresh: each end pings when its last round trip over UDP is this old
+	// (25 s, as WireGuard's keepalive, is short enough for NATs). A link
+	// that is probing (UDP not confirmed since it last went down, or
+	// sending without hearing back) pings every tick.
 	pingInterval = 25 * time.Second
-	pingGrace    = 5 * time.Second
-	// udpTimeout is how long an idle link may go without hearing the peer
-	// over UDP before it falls back to the stream; a link that is sending
-	// gives up after sendTimeout.
-	udpTimeout  = pingInterval + pingGrace + 5*time.Second
-	sendTimeout = 5 * time.Second
-	// quietAfter is how long a link that sends may go without hearing
-	// the peer before it starts probing.
+	// udpTimeout is how long a round trip over UDP vouches for the path
+	// of an idle link; a link that is sending probes once its last round
+	// trip is quietAfter old, and gives up on UDP at sendTimeout. Only
+	// round trips count: hearing the peer proves nothing about the way to
+	// it.
+	udpTimeout       = pingInterval + 10*time.Second
+	sendTimeout      = 5 * time.Second
 	quietAfter       = 2 * time.Second
-	hearResolution   = 50 * time.Millisecond
 	handshakeTimeout = 5 * time.Second
 	dialTimeout      = 5 * time.Second
 	// rekeyGrace lets the peer with the lower ID rekey first, so that both
@@ -82,22 +79,24 @@ type Peer struct {
 
 	wakeCh chan struct{}
 
-	mu            sync.Mutex
-	static        bool
-	ring          *ringState // set for a peer reached over the ring
-	current       *session   // newest session
-	previous      *session   // kept for datagrams still in flight
-	lastPing      time.Time
-	lastTx        uint64    // txPackets at the last tick
-	lastTxChange  time.Time // when txPackets last moved
+	mu           sync.Mutex
+	static       bool
+	ring         *ringState // set for a peer reached over the ring
+	current      *session   // newest session
+	previous     *session   // kept for datagrams still in flight
+	lastPing     time.Time
+	lastTx       uint64    // txPackets at the last tick
+	lastTxChange time.Time // when txPackets last moved
+	// roundTrip is when UDP last proved to work both ways: a pong to one
+	// of our pings. Hearing the peer proves nothing about our way to it.
+	roundTrip time.Time
+	// udpDownAt is when the link last left UDP: only a round trip after
+	// it brings the link back, so that a one-way failure cannot flap.
+	udpDownAt     time.Time
 	lastRekey     time.Time
 	rekeyWanted   bool
 	rtt           time.Duration
 	pendingProbes map[uint64]bool
-
-	// heardUDP is when an authenticated datagram from the peer last came
-	// over UDP (unix nanoseconds): proof that the UDP path works.
-	heardUDP atomic.Int64
 
 	rekeys                                 atomic.Uint64
 	txPackets, txBytes, rxPackets, rxBytes atomic.Uint64
@@ -285,18 +284,16 @@ func (p *Peer) ping(now time.Time) {
 	}
 	p.mu.Lock()
 	overRing := p.ring != nil && Path(p.path.Load()) == PathRing
-	quiet := now.Sub(p.heard())
 	sending := now.Sub(p.lastTxChange) < quietAfter
+	sinceTrip := now.Sub(p.roundTrip)
 	var due bool
 	switch {
 	case overRing:
 		due = now.Sub(p.lastPing) >= pingInterval
-	case quiet >= udpTimeout, sending && quiet >= quietAfter:
+	case !p.udpConfirmed(now), sending && sinceTrip >= quietAfter:
 		due = true // probing
-	case p.o.host.ID() < p.id:
-		due = quiet >= pingInterval && now.Sub(p.lastPing) >= pingInterval
 	default:
-		due = quiet >= pingInterval+pingGrace && now.Sub(p.lastPing) >= pingInterval
+		due = sinceTrip >= pingInterval && now.Sub(p.lastPing) >= pingInterval
 	}
 	if !due {
 		p.mu.Unlock()
@@ -344,28 +341,24 @@ func (p *Peer) pong(payload []byte, via Path) {
 	if rtt := now.Sub(sent); rtt >= 0 && rtt < time.Minute {
 		p.rtt = rtt
 	}
+	if via == PathUDP {
+		p.tripLocked(now)
+	}
 }
 
-// heard is when the peer was last heard over UDP; zero if never.
-func (p *Peer) heard() time.Time {
-	if n := p.heardUDP.Load(); n != 0 {
-		return time.Unix(0, n)
-	}
-	return time.Time{}
-}
-
-// hearUDP notes an authenticated datagram from the peer over UDP. The
-// time is stored only when it moved by more than hearResolution, so that
-// a flood of datagrams does not write the same cache line each time.
-func (p *Peer) hearUDP(now time.Time) {
-	old := p.heardUDP.Load()
-	if now.UnixNano()-old < int64(hearResolution) {
-		return
-	}
-	p.heardUDP.Store(now.UnixNano())
-	if now.Sub(time.Unix(0, old)) >= udpTimeout {
+// tripLocked records a round trip over UDP; p.mu is held.
+func (p *Peer) tripLocked(now time.Time) {
+	was := p.udpConfirmed(now)
+	p.roundTrip = now
+	if !was {
 		p.wake() // switch to UDP without waiting for the tick
 	}
+}
+
+// udpConfirmed reports whether a round trip since UDP last went down, and
+// recent enough, shows that UDP works; p.mu is held.
+func (p *Peer) udpConfirmed(now time.Time) bool {
+	return p.roundTrip.After(p.udpDownAt) && now.Sub(p.roundTrip) < udpTimeout
 }
 
 // updatePath picks UDP while pings over it are answered, the stream while
@@ -375,10 +368,9 @@ func (p *Peer) updatePath(now time.Time, connected bool) {
 	if tx := p.txPackets.Load(); tx != p.lastTx {
 		p.lastTx, p.lastTxChange = tx, now
 	}
-	quiet := now.Sub(p.heard())
 	sending := now.Sub(p.lastTxChange) < quietAfter
+	udpOK := p.udpConfirmed(now) && !(sending && now.Sub(p.roundTrip) >= sendTimeout)
 	p.mu.Unlock()
-	udpOK := quiet < udpTimeout && !(sending && quiet >= sendTimeout)
 	next := PathNone
 	switch {
 	case p.sendSession.Load() == nil:
@@ -389,6 +381,11 @@ func (p *Peer) updatePath(now time.Time, connected bool) {
 	}
 	prev := Path(p.path.Swap(int32(next)))
 	if prev != next {
+		if prev == PathUDP {
+			p.mu.Lock()
+			p.udpDownAt = now
+			p.mu.Unlock()
+		}
 		p.o.log.Info("link path", "peer", p.id, "path", next.String(), "was", prev.String())
 		if prev != PathNone && next != PathNone {
 			p.requestRekey("path changed")

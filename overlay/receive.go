@@ -5,7 +5,6 @@ import (
 	"net"
 	"net/netip"
 	"sync/atomic"
-	"time"
 )
 
 // maxDatagram is the largest datagram the receive path reads.
@@ -36,24 +35,22 @@ func (o *Overlay) receiveUDP() {
 			o.log.Warn("data socket read", "err", err)
 			continue
 		}
-		now := time.Now() // one clock read a batch: the per-datagram path needs no more
 		for i := range cnt {
 			n, oob := m.received(i)
 			segSize := o.udp.segmentSize(n, oob)
 			from := m.from(i)
 			for off := 0; off < n; off += segSize {
-				o.receive(rx, bufs[i][off:min(off+segSize, n)], PathUDP, from, nil, now)
+				o.receive(rx, bufs[i][off:min(off+segSize, n)], PathUDP, from, nil)
 			}
 		}
 		rx.Flush()
 	}
 }
 
-// receive handles one datagram that arrived at now. via says where it came
-// from: for UDP, from is its source; for the stream, sender is the
-// authenticated peer it came from, and datagrams that name another peer's
-// session are refused.
-func (o *Overlay) receive(rx Receiver, dgram []byte, via Path, from netip.AddrPort, sender *Peer, now time.Time) {
+// receive handles one datagram. via says where it came from: for UDP, from
+// is its source; for the stream, sender is the authenticated peer it came
+// from, and datagrams that name another peer's session are refused.
+func (o *Overlay) receive(rx Receiver, dgram []byte, via Path, from netip.AddrPort, sender *Peer) {
 	h, err := parseHeader(dgram)
 	if err != nil {
 		o.drops.malformed.Add(1)
@@ -69,7 +66,6 @@ func (o *Overlay) receive(rx Receiver, dgram []byte, via Path, from netip.AddrPo
 	if h.typ == typeRoute {
 		if o.opened(s.openTag(h, dgram), p) {
 			if via == PathUDP {
-				p.hearUDP(now)
 				p.setEndpoint(from, "datagram from new address")
 			}
 			o.routed(rx, dgram, p)
@@ -79,9 +75,6 @@ func (o *Overlay) receive(rx Receiver, dgram []byte, via Path, from netip.AddrPo
 	pt, err := s.open(h, dgram)
 	if !o.opened(err, p) {
 		return
-	}
-	if via == PathUDP {
-		p.hearUDP(now)
 	}
 	// Authenticated: only now may the datagram move the peer's endpoint.
 	if via == PathUDP {

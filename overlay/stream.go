@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/netip"
 	"sync"
-	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -155,7 +154,7 @@ func (o *Overlay) handleDataStream(st network.Stream) {
 		if _, err := io.ReadFull(r, buf[:n]); err != nil {
 			return
 		}
-		o.receive(rx, buf[:n], PathStream, netip.AddrPort{}, p, time.Now())
+		o.receive(rx, buf[:n], PathStream, netip.AddrPort{}, p)
 		if r.Buffered() == 0 {
 			rx.Flush()
 		}
