@@ -92,7 +92,10 @@ type Peer struct {
 	roundTrip time.Time
 	// udpDownAt is when the link last left UDP: only a round trip after
 	// it brings the link back, so that a one-way failure cannot flap.
-	udpDownAt     time.Time
+	udpDownAt time.Time
+	// ringTrip is when a ping over the ring was last answered: until then
+	// the peer may not hold our newest keys yet, so we keep pinging.
+	ringTrip      time.Time
 	lastRekey     time.Time
 	rekeyWanted   bool
 	rtt           time.Duration
@@ -289,7 +292,7 @@ func (p *Peer) ping(now time.Time) {
 	var due bool
 	switch {
 	case overRing:
-		due = now.Sub(p.lastPing) >= pingInterval
+		due = now.Sub(p.ringTrip) >= udpTimeout || now.Sub(p.lastPing) >= pingInterval
 	case !p.udpConfirmed(now), sending && sinceTrip >= quietAfter:
 		due = true // probing
 	default:
@@ -341,8 +344,11 @@ func (p *Peer) pong(payload []byte, via Path) {
 	if rtt := now.Sub(sent); rtt >= 0 && rtt < time.Minute {
 		p.rtt = rtt
 	}
-	if via == PathUDP {
+	switch via {
+	case PathUDP:
 		p.tripLocked(now)
+	case PathRing:
+		p.ringTrip = now
 	}
 }
 
