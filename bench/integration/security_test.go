@@ -22,6 +22,9 @@ func TestReplayedAndTamperedDatagramsAreDropped(t *testing.T) {
 	p.start(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
+	// A link starts on the stream and moves to UDP at its first round
+	// trip; what follows counts UDP datagrams.
+	waitPath(t, ctx, "udp", p.a, p.b)
 
 	// Only datagrams longer than 300 bytes: the pings below, not the
 	// links' own small keepalives.
@@ -85,6 +88,17 @@ func TestReplayedAndTamperedDatagramsAreDropped(t *testing.T) {
 	}
 	if lost := uint64(100 - r.Received); lost < authFailed {
 		t.Errorf("only %d pings lost, but %d altered datagrams failed authentication: some were delivered?", lost, authFailed)
+	}
+}
+
+// waitPath waits until each VM's node has its one peer on path.
+func waitPath(t *testing.T, ctx context.Context, path string, vms ...*testbed.VM) {
+	t.Helper()
+	for _, vm := range vms {
+		waitFor(t, vm.Name()+"'s link on "+path, func() bool {
+			st, err := vm.Status(ctx)
+			return err == nil && len(st.Peers) == 1 && st.Peers[0].Path == path
+		})
 	}
 }
 
@@ -153,6 +167,7 @@ func TestLinkFallsBackWhenUDPDiesMidFlow(t *testing.T) {
 	p.start(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
+	waitPath(t, ctx, "udp", p.a, p.b)
 	block := "add table inet rnblock\n" +
 		"add chain inet rnblock c { type filter hook output priority 0; }\n" +
 		fmt.Sprintf("add rule inet rnblock c udp dport %d drop\n", node.DefaultDataPort)
@@ -168,10 +183,7 @@ func TestLinkFallsBackWhenUDPDiesMidFlow(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pinger.Stop(syscall.SIGKILL, time.Second)
-	waitFor(t, "a's link to fall back to the stream", func() bool {
-		st, err := p.a.Status(ctx)
-		return err == nil && len(st.Peers) == 1 && st.Peers[0].Path == "stream"
-	})
+	waitPath(t, ctx, "stream", p.a)
 	t.Logf("a's link moved to the stream %v after UDP was blocked", time.Since(blocked).Round(100*time.Millisecond))
 	// b's answers still reach a over UDP, but that proves nothing about
 	// a's way to b: a must stay on the stream, and lose nothing.
