@@ -98,17 +98,9 @@ func peers(ctx context.Context, opts testbed.Options, base node.Config, wireguar
 			fmt.Printf("run %d %-9s tcp %6.2f Gbit/s  (%d retransmits)\n", i+1, p.name, g, retrans)
 		}
 	}
-	rtt := map[string]float64{}
-	for _, p := range []path{raw, ringnet, wireguard} {
-		r, err := a.Ping(ctx, p.addr, "-c", strconv.Itoa(pings), "-i", "0.01")
-		if err != nil {
-			return err
-		}
-		if r.Received == 0 {
-			return fmt.Errorf("ping %s (%s): no replies", p.name, p.addr)
-		}
-		rtt[p.name] = r.AvgRTTMs
-		fmt.Printf("%-9s ping avg %.3f ms (%d/%d replies)\n", p.name, r.AvgRTTMs, r.Received, r.Transmitted)
+	rtt, err := pingPaths(ctx, a, []path{raw, ringnet, wireguard}, pings, 9)
+	if err != nil {
+		return err
 	}
 
 	if err := bed.SetLoss(ctx, b, 0); err != nil {

@@ -29,7 +29,7 @@ func throughput(ctx context.Context, opts testbed.Options, base node.Config, run
 	if _, err := b.StartIperf3Server(false); err != nil {
 		return err
 	}
-	paths := []struct{ name, addr string }{
+	paths := []path{
 		{"overlay", vipB},
 		{"raw", b.UnderlayIP().String()},
 	}
@@ -45,17 +45,9 @@ func throughput(ctx context.Context, opts testbed.Options, base node.Config, run
 			fmt.Printf("run %d %-7s tcp %6.2f Gbit/s  (%d retransmits)\n", i+1, p.name, g, r.Retransmits)
 		}
 	}
-	rtt := map[string]float64{}
-	for _, p := range paths {
-		r, err := a.Ping(ctx, p.addr, "-c", strconv.Itoa(pings), "-i", "0.01")
-		if err != nil {
-			return err
-		}
-		if r.Received == 0 {
-			return fmt.Errorf("ping %s (%s): no replies", p.name, p.addr)
-		}
-		rtt[p.name] = r.AvgRTTMs
-		fmt.Printf("%-7s ping avg %.3f ms (%d/%d replies)\n", p.name, r.AvgRTTMs, r.Received, r.Transmitted)
+	rtt, err := pingPaths(ctx, a, paths, pings, 7)
+	if err != nil {
+		return err
 	}
 	overlay, raw := median(gbps["overlay"]), median(gbps["raw"])
 	if raw == 0 {
@@ -75,4 +67,22 @@ func median(xs []float64) float64 {
 		return s[len(s)/2]
 	}
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// pingPaths measures the average RTT from vm over each path (pings at
+// 10 ms), printing a line for each with the path's name padded to width.
+func pingPaths(ctx context.Context, vm *testbed.VM, paths []path, pings, width int) (map[string]float64, error) {
+	rtt := map[string]float64{}
+	for _, p := range paths {
+		r, err := vm.Ping(ctx, p.addr, "-c", strconv.Itoa(pings), "-i", "0.01")
+		if err != nil {
+			return nil, err
+		}
+		if r.Received == 0 {
+			return nil, fmt.Errorf("ping %s (%s): no replies", p.name, p.addr)
+		}
+		rtt[p.name] = r.AvgRTTMs
+		fmt.Printf("%-*s ping avg %.3f ms (%d/%d replies)\n", width, p.name, r.AvgRTTMs, r.Received, r.Transmitted)
+	}
+	return rtt, nil
 }
