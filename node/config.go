@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -23,7 +24,13 @@ type Config struct {
 	LogLevel string    `toml:"log_level"`
 	TAP      TAPConfig `toml:"tap"`
 	Listen   Listen    `toml:"listen"`
-	Peers    []Peer    `toml:"peer"`
+	// Bootstrap lists nodes to join the ring through, as multiaddrs
+	// ending in /p2p/<peer ID>. One reachable node is enough; a node
+	// with none starts a ring of its own that others join.
+	Bootstrap []string `toml:"bootstrap"`
+	// Peers are nodes to keep a direct link to, outside the ring's
+	// policy.
+	Peers []Peer `toml:"peer"`
 }
 
 // TAPConfig describes the VM's side: its TAP device and virtual address.
@@ -201,6 +208,9 @@ func (c *Config) Validate() error {
 	if _, err := netip.ParseAddrPort(c.Listen.Data); err != nil {
 		return fieldErr("listen.data", "%q: %v", c.Listen.Data, err)
 	}
+	if _, err := c.BootstrapPeers(); err != nil {
+		return err
+	}
 	seen := make(map[peer.ID]bool)
 	for i, p := range c.Peers {
 		field := fmt.Sprintf("peer[%d]", i)
@@ -222,6 +232,28 @@ func (c *Config) Validate() error {
 		}
 	}
 	return nil
+}
+
+// BootstrapPeers returns the bootstrap list parsed.
+func (c *Config) BootstrapPeers() ([]peer.AddrInfo, error) {
+	var out []peer.AddrInfo
+	for i, a := range c.Bootstrap {
+		field := fmt.Sprintf("bootstrap[%d]", i)
+		m, err := multiaddr.NewMultiaddr(a)
+		if err != nil {
+			return nil, fieldErr(field, "%q: %v", a, err)
+		}
+		info, err := peer.AddrInfoFromP2pAddr(m)
+		if err != nil {
+			return nil, fieldErr(field, "%q does not end in /p2p/<peer ID>: %v", a, err)
+		}
+		if i := slices.IndexFunc(out, func(o peer.AddrInfo) bool { return o.ID == info.ID }); i >= 0 {
+			out[i].Addrs = append(out[i].Addrs, info.Addrs...)
+			continue
+		}
+		out = append(out, *info)
+	}
+	return out, nil
 }
 
 // VirtualPrefix returns tap.address parsed: the VM's address and its subnet.

@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"os"
 	"time"
+
+	"github.com/ringnet/ringnet/overlay"
 )
 
 // The control socket serves the node's status as JSON over HTTP on a unix
@@ -107,6 +109,14 @@ func FetchStatus(ctx context.Context, stateDir string) (*Status, error) {
 	return &st, nil
 }
 
+func idStrings[T fmt.Stringer](ids []T) []string {
+	out := make([]string, len(ids))
+	for i, id := range ids {
+		out[i] = id.String()
+	}
+	return out
+}
+
 // Status reports the node's state.
 func (n *Node) Status() Status {
 	st := Status{
@@ -137,6 +147,27 @@ func (n *Node) Status() Status {
 	for _, a := range n.ov.Host().Addrs() {
 		st.Addresses = append(st.Addresses, a.String()+"/p2p/"+n.ov.ID().String())
 	}
+	ringLinks := make(map[string]bool)
+	if rs, ok := n.ov.Ring(); ok {
+		st.Ring = RingStatus{
+			Addr:       rs.Addr.String(),
+			EstimateN:  rs.EstimateN,
+			FarWanted:  rs.FarWanted,
+			FarHave:    rs.FarHave,
+			NearCW:     idStrings(rs.NearCW),
+			NearCCW:    idStrings(rs.NearCCW),
+			Links:      []RingLink{},
+			OtherConns: rs.OtherConns,
+			Counters:   rs.Counters,
+		}
+		for _, l := range rs.Links {
+			ringLinks[l.Peer.String()] = true
+			st.Ring.Links = append(st.Ring.Links, RingLink{
+				PeerID: l.Peer.String(), Addr: l.Addr.String(), Kinds: l.Kinds.String(),
+				PeerKinds: l.PeerKinds.String(), AgeS: l.Age.Seconds(), Remote: l.Remote,
+			})
+		}
+	}
 	for _, p := range n.ov.Peers() {
 		ps := PeerStatus{
 			PeerID:      p.ID.String(),
@@ -152,7 +183,13 @@ func (n *Node) Status() Status {
 			RxBytes:     p.RxBytes,
 			Drops:       p.Drops,
 		}
-		if !p.Static {
+		switch {
+		case p.Static:
+		case ringLinks[ps.PeerID]:
+			ps.Link = "ring"
+		case p.Path == overlay.PathRing:
+			ps.Link = "routed"
+		default:
 			ps.Link = "inbound"
 		}
 		if len(p.Addrs) > 0 {

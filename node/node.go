@@ -133,12 +133,15 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger, opts ...Option) (*N
 	}
 
 	dataAddr, _ := netip.ParseAddrPort(cfg.Listen.Data) // validated
+	boot, _ := cfg.BootstrapPeers()                     // validated
 	n.ov, err = overlay.New(ctx, overlay.Config{
 		Identity:       key,
 		ControlAddrs:   cfg.Listen.Control,
 		DataAddr:       dataAddr,
 		VirtualAddrs:   []netip.Addr{prefix.Addr()},
 		VirtualSubnets: []netip.Prefix{prefix.Masked()},
+		Ring:           true,
+		Bootstrap:      boot,
 		NewReceiver:    n.newReceiver,
 		Logger:         log,
 	})

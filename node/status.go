@@ -11,6 +11,7 @@ type Status struct {
 	VirtualIP string       `json:"virtual_ip"`
 	Subnet    string       `json:"subnet"`
 	TAP       TAPStatus    `json:"tap"`
+	Ring      RingStatus   `json:"ring"`
 	Peers     []PeerStatus `json:"peers"`
 	// Drops counts datagrams the data path refused, by reason.
 	Drops map[string]uint64 `json:"drops"`
@@ -31,11 +32,45 @@ type TAPStatus struct {
 	DataPath map[string]uint64 `json:"data_path"`
 }
 
+// RingStatus is the node's place in the ring.
+type RingStatus struct {
+	// Addr is the node's ring address (hex), the hash of its peer ID.
+	Addr string `json:"addr"`
+	// EstimateN is the node's estimate of the number of nodes.
+	EstimateN float64 `json:"estimate_n"`
+	FarWanted int     `json:"far_wanted"`
+	FarHave   int     `json:"far_have"`
+	// NearCW and NearCCW are the near neighbours clockwise and
+	// anticlockwise, nearest first, as peer IDs.
+	NearCW  []string   `json:"near_cw"`
+	NearCCW []string   `json:"near_ccw"`
+	Links   []RingLink `json:"links"`
+	// OtherConns counts control connections that are not ring links:
+	// static peers, nodes answering a request, the DHT.
+	OtherConns int               `json:"other_conns"`
+	Counters   map[string]uint64 `json:"counters"`
+}
+
+// RingLink is one ring link.
+type RingLink struct {
+	PeerID string `json:"peer_id"`
+	Addr   string `json:"addr"`
+	// Kinds is why this node keeps the link ("leaf", "near", "far",
+	// "shortcut", joined by "+"; "none" when only the peer wants it);
+	// PeerKinds why the peer does.
+	Kinds     string  `json:"kinds"`
+	PeerKinds string  `json:"peer_kinds"`
+	AgeS      float64 `json:"age_s"`
+	Remote    string  `json:"remote,omitempty"` // control connection's remote address
+}
+
 // PeerStatus is one peer's link.
 type PeerStatus struct {
 	PeerID    string `json:"peer_id"`
 	VirtualIP string `json:"virtual_ip,omitempty"`
-	// Link is the kind of link: "static" for a configured peer.
+	// Link is the kind of link: "static" for a configured peer, "ring"
+	// for a ring link (see ring.links for its kinds), "routed" for a
+	// peer reached over the ring, "inbound" for one that linked to us.
 	Link string `json:"link"`
 	// Path is how packets travel: "udp", "stream" (libp2p fallback) or
 	// "none" while no session is up.

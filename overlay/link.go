@@ -78,6 +78,7 @@ type Peer struct {
 	stream      *streamSender
 
 	wakeCh chan struct{}
+	cancel context.CancelFunc // stops the link loop
 
 	mu           sync.Mutex
 	static       bool
@@ -161,10 +162,19 @@ func (p *Peer) tick(ctx context.Context) {
 	p.mu.Lock()
 	static := p.static
 	ring := p.ring != nil
+	udpUp := p.udpConfirmed(now) && (p.current == nil || !p.current.viaRing)
 	p.mu.Unlock()
-	if ring && !static && !connected {
+	// A link whose control connection is gone keeps its UDP path while
+	// pings over it are answered; after that the ring carries its
+	// packets.
+	if ring && !static && !connected && !udpUp {
 		p.tickRing(now)
 		return
+	}
+	if connected && p.currentViaRing() {
+		// A link came up under a session over the ring: the link's own
+		// handshake gives it keys and a UDP endpoint.
+		p.requestRekey("link up")
 	}
 	if !connected && static {
 		dctx, cancel := context.WithTimeout(ctx, dialTimeout)
@@ -196,19 +206,44 @@ func (p *Peer) tickRing(now time.Time) {
 		p.o.abandon(pend.greeting)
 		pend = nil
 	}
+	wanted := p.ring.wanted
 	p.mu.Unlock()
-	if pend == nil && p.wantHandshake(now) {
+	viaRing := p.currentViaRing()
+	if wanted && pend == nil && (p.wantHandshake(now) || !viaRing) {
 		if err := p.initiateRing(); err != nil {
 			p.o.log.Debug("ring handshake", "peer", p.id, "err", err)
 		}
 	}
 	p.expireSessions(now)
-	p.ping(now)
 	next := PathNone
-	if p.sendSession.Load() != nil {
+	if s := p.sendSession.Load(); s != nil && s.viaRing {
 		next = PathRing
 	}
-	p.path.Store(int32(next))
+	if prev := Path(p.path.Swap(int32(next))); prev != next && prev != PathNone {
+		p.o.log.Info("link path", "peer", p.id, "path", next.String(), "was", prev.String())
+	}
+	p.ping(now)
+}
+
+// currentViaRing reports whether the peer's newest session was made over
+// the ring.
+func (p *Peer) currentViaRing() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.current != nil && p.current.viaRing
+}
+
+// wantRing asks for a session over the ring: packets are waiting for a
+// peer that no link reaches.
+func (p *Peer) wantRing() {
+	p.mu.Lock()
+	if p.ring == nil || p.ring.wanted {
+		p.mu.Unlock()
+		return
+	}
+	p.ring.wanted = true
+	p.mu.Unlock()
+	p.wake()
 }
 
 // wantHandshake decides whether this side starts a handshake now.
@@ -421,6 +456,7 @@ func (p *Peer) send(typ byte, buf []byte, n int) error {
 	case PathNone:
 		p.drops.Add(1)
 		p.o.drops.noSession.Add(1)
+		p.wantRing()
 		return ErrNoSession
 	case PathRing:
 		err := p.sendRing(typ, buf[HeaderLen:HeaderLen+n])

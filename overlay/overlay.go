@@ -67,7 +67,14 @@ type Config struct {
 	// VirtualSubnets are the overlay's own address ranges, which the
 	// control plane must never use.
 	VirtualSubnets []netip.Prefix
-	// Router routes datagrams over the ring; nil: links only.
+	// Ring runs the self-organizing ring (ring.go): the node keeps the
+	// links the routing policy wants, routes datagrams over them, and
+	// reaches the holders of virtual addresses it has no link to.
+	Ring bool
+	// Bootstrap are nodes to join the ring through (with Ring).
+	Bootstrap []peer.AddrInfo
+	// Router routes datagrams over the ring when Ring is off (tests);
+	// nil: links only.
 	Router Router
 	// AEAD forces one suite; zero picks per link.
 	AEAD Suite
@@ -109,6 +116,8 @@ type Overlay struct {
 
 	ringAddr  routing.Addr
 	routeBufs sync.Pool
+	router    Router
+	ring      *ringManager // nil without Config.Ring
 }
 
 type indexEntry struct {
@@ -154,6 +163,11 @@ func New(ctx context.Context, cfg Config) (*Overlay, error) {
 	o.ringAddr = routing.AddrFromPeer(h.ID())
 	o.routeBufs = newRouteBufs()
 	o.ctx, o.cancel = context.WithCancel(ctx)
+	o.router = cfg.Router
+	if cfg.Ring {
+		o.ring = newRingManager(o)
+		o.router = o.ring
+	}
 	h.SetStreamHandler(linkProtocol, o.handleLinkStream)
 	h.SetStreamHandler(dataProtocol, o.handleDataStream)
 	o.wg.Add(1)
@@ -161,6 +175,9 @@ func New(ctx context.Context, cfg Config) (*Overlay, error) {
 		defer o.wg.Done()
 		o.receiveUDP()
 	}()
+	if o.ring != nil {
+		o.ring.start()
+	}
 	return o, nil
 }
 
@@ -199,13 +216,41 @@ func (o *Overlay) peer(id peer.ID) *Peer {
 		return p
 	}
 	p := newPeer(o, id)
+	if o.ring != nil {
+		// Any peer may be reached over the ring when no link carries
+		// its packets.
+		p.ring = &ringState{addr: routing.AddrFromPeer(id)}
+	}
+	ctx, cancel := context.WithCancel(o.ctx)
+	p.cancel = cancel
 	o.peers[id] = p
 	o.wg.Add(1)
 	go func() {
 		defer o.wg.Done()
-		p.run(o.ctx)
+		p.run(ctx)
 	}()
 	return p
+}
+
+// removePeer forgets a peer and stops its link loop: its link is gone and
+// no packets flow to it.
+func (o *Overlay) removePeer(p *Peer) {
+	o.mu.Lock()
+	if o.peers[p.id] == p {
+		delete(o.peers, p.id)
+	}
+	for a, holder := range o.byAddr {
+		if holder == p {
+			delete(o.byAddr, a)
+		}
+	}
+	for idx, e := range o.byIndex {
+		if e.peer == p {
+			delete(o.byIndex, idx)
+		}
+	}
+	o.mu.Unlock()
+	p.cancel()
 }
 
 // Send seals one IPv4 packet to the node that holds dst. The packet is at
@@ -227,6 +272,9 @@ func (o *Overlay) route(dst netip.Addr, count int) (*Peer, error) {
 	o.mu.RUnlock()
 	if p == nil {
 		o.drops.noRoute.Add(uint64(count))
+		if o.ring != nil {
+			o.ring.resolve(dst)
+		}
 		return nil, ErrNoRoute
 	}
 	return p, nil
@@ -245,11 +293,16 @@ func (o *Overlay) SendSegments(dst netip.Addr, buf []byte, stride int, lens []in
 	return p.sendSegments(buf, stride, lens)
 }
 
-// Holds reports whether some peer announced addr.
+// Holds reports whether some peer announced addr. With the ring, asking
+// about an address no peer announced starts looking for its holder.
 func (o *Overlay) Holds(addr netip.Addr) bool {
 	o.mu.RLock()
-	defer o.mu.RUnlock()
-	return o.byAddr[addr] != nil
+	held := o.byAddr[addr] != nil
+	o.mu.RUnlock()
+	if !held && o.ring != nil {
+		o.ring.resolve(addr)
+	}
+	return held
 }
 
 // reserveIndex picks a fresh random receiver index for a session being

@@ -26,29 +26,24 @@ func newTestNode(t testing.TB, vip string, suite Suite, opts ...func(*Config)) *
 		t.Fatal(err)
 	}
 	n := &testNode{got: make(chan []byte, 1024)}
-	o, err := New(context.Background(), Config{
+	cfg := Config{
 		Identity:     key,
 		ControlAddrs: []string{"/ip4/127.0.0.1/tcp/0"},
 		DataAddr:     netip.MustParseAddrPort("127.0.0.1:0"),
 		VirtualAddrs: []netip.Addr{netip.MustParseAddr(vip)},
 		AEAD:         suite,
 		NewReceiver:  func() Receiver { return chanReceiver(n.got) },
-		Router:       routerOf(opts),
-	})
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	o, err := New(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { o.Close() })
 	n.Overlay = o
 	return n
-}
-
-func routerOf(opts []func(*Config)) Router {
-	var c Config
-	for _, o := range opts {
-		o(&c)
-	}
-	return c.Router
 }
 
 // chanReceiver hands each delivered packet to a channel.

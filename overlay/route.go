@@ -31,6 +31,10 @@ import (
 const (
 	typeRoute     byte = 4 // link level: a routed datagram
 	typeHandshake byte = 5 // end to end: a hello sent over the ring, signed, not sealed
+	// Ring control, routed to a ring address rather than to a node, so
+	// neither sealed nor signed (ring.go, resolve.go).
+	typeConnect byte = 6 // a routing.ConnectToMe
+	typeVIP     byte = 7 // an address record, lookup or answer
 
 	routeHeaderOff = HeaderLen
 	routeInnerOff  = HeaderLen + routing.HeaderLen
@@ -44,13 +48,23 @@ const (
 	ringHandshakeTimeout = 5 * time.Second
 )
 
-// Router picks the next hop of a datagram routed over the ring. A node
-// puts its routing.Table behind it.
+// Router picks the next hop of a datagram routed over the ring. The
+// overlay's own ring manager (ring.go) is one; tests use fixed tables.
 type Router interface {
-	// NextHop returns the link to send a datagram for dst to (empty for
-	// none), and whether this node is its destination. from is the peer
-	// it came from, empty for datagrams this node originates.
-	NextHop(dst routing.Addr, from peer.ID) (next peer.ID, deliver bool)
+	// NextHop decides where a datagram for dst goes; from is the peer it
+	// came from, empty for datagrams this node originates.
+	NextHop(dst routing.Addr, from peer.ID) Hop
+}
+
+// Hop is a Router's decision (see routing.Hop).
+type Hop struct {
+	// Next is the link to send the datagram on; empty for none.
+	Next peer.ID
+	// Deliver says this node is the destination, or one of the two nodes
+	// around an absent destination address.
+	Deliver bool
+	// Nearest says this node is the nearest to dst that it knows of.
+	Nearest bool
 }
 
 var errNoRouter = errors.New("no ring router")
@@ -64,7 +78,10 @@ type ringState struct {
 	addr routing.Addr
 	// pending is the initiator's half of a handshake awaiting its answer.
 	pending *pendingHello
-	hops    int // hops the peer's last datagram took to reach us
+	// wanted: packets are for the peer, so a session over the ring is
+	// kept while no link carries them.
+	wanted bool
+	hops   int // hops the peer's last datagram took to reach us
 }
 
 type pendingHello struct {
@@ -75,7 +92,7 @@ type pendingHello struct {
 // AddRingPeer keeps an end-to-end session with a node that has no link of
 // its own to this one: handshakes and packets travel over the ring.
 func (o *Overlay) AddRingPeer(id peer.ID) error {
-	if o.cfg.Router == nil {
+	if o.router == nil {
 		return errNoRouter
 	}
 	if id == o.host.ID() {
@@ -86,9 +103,48 @@ func (o *Overlay) AddRingPeer(id peer.ID) error {
 	if p.ring == nil {
 		p.ring = &ringState{addr: routing.AddrFromPeer(id)}
 	}
+	p.ring.wanted = true
 	p.mu.Unlock()
 	p.wake()
 	return nil
+}
+
+// ringControl splits a ring control message off an inner datagram.
+func ringControl(inner []byte) (typ byte, body []byte, ok bool) {
+	if len(inner) < HeaderLen || inner[0] != wireVersion {
+		return 0, nil, false
+	}
+	switch inner[1] {
+	case typeConnect, typeVIP:
+		return inner[1], inner[HeaderLen:], true
+	}
+	return 0, nil, false
+}
+
+// sendControl routes a ring control message to dst. Where this node is
+// itself nearest dst, or one of the two nodes around it, it handles the
+// message too. A node with no ring links yet (it is joining) sends
+// through a leaf link instead: the bootstrap routes it on.
+func (o *Overlay) sendControl(typ byte, dst routing.Addr, body []byte) error {
+	buf := make([]byte, routeInnerOff+HeaderLen+len(body)+TagLen)
+	inner := buf[routeInnerOff:]
+	header{typ: typ}.put(inner)
+	copy(inner[HeaderLen:], body)
+	rh := routing.Header{TTL: routeTTL, Src: o.ringAddr, Dst: dst}
+	if _, err := rh.AppendBinary(buf[routeHeaderOff:routeHeaderOff]); err != nil {
+		return err
+	}
+	if leaf, ok := o.ring.leafOnly(); ok {
+		return o.sendRouted(leaf, buf)
+	}
+	hop := o.router.NextHop(dst, "")
+	if hop.Deliver {
+		o.ring.control(rh, typ, inner[HeaderLen:len(inner)-TagLen], hop.Nearest)
+	}
+	if hop.Next == "" {
+		return nil
+	}
+	return o.sendRouted(hop.Next, buf)
 }
 
 // sealTag writes a link header and, at the end of buf, a tag over all of
@@ -122,7 +178,7 @@ func (s *session) openTag(h header, dgram []byte) error {
 // routed handles a routed datagram that arrived on a link from prev, its
 // link tag already checked: it delivers it here or passes it on.
 func (o *Overlay) routed(rx Receiver, dgram []byte, prev *Peer) {
-	if len(dgram) < routeInnerOff+TagLen || o.cfg.Router == nil {
+	if len(dgram) < routeInnerOff+TagLen || o.router == nil {
 		o.drops.malformed.Add(1)
 		return
 	}
@@ -131,11 +187,20 @@ func (o *Overlay) routed(rx Receiver, dgram []byte, prev *Peer) {
 		o.drops.malformed.Add(1)
 		return
 	}
-	next, deliver := o.cfg.Router.NextHop(rh.Dst, prev.id)
-	if deliver && rh.Dst == o.ringAddr {
-		o.deliverRouted(rx, rh, dgram[routeInnerOff:len(dgram)-TagLen])
-		return
+	hop := o.router.NextHop(rh.Dst, prev.id)
+	inner := dgram[routeInnerOff : len(dgram)-TagLen]
+	if hop.Deliver {
+		if rh.Dst == o.ringAddr {
+			o.deliverRouted(rx, rh, inner)
+			return
+		}
+		// An absent address: ring control messages for it (a join's
+		// connect-to-me, address records) are for the nodes around it.
+		if typ, body, ok := ringControl(inner); ok && o.ring != nil {
+			o.ring.control(rh, typ, body, hop.Nearest)
+		}
 	}
+	next := hop.Next
 	if next == "" {
 		o.drops.noRoute.Add(1) // an absent address, or no way on
 		return
@@ -188,6 +253,12 @@ func (o *Overlay) sendRouted(next peer.ID, dgram []byte) error {
 func (o *Overlay) deliverRouted(rx Receiver, rh routing.Header, inner []byte) {
 	if len(inner) >= HeaderLen && inner[0] == wireVersion && inner[1] == typeHandshake {
 		o.ringHandshake(rh, inner[HeaderLen:])
+		return
+	}
+	if typ, body, ok := ringControl(inner); ok {
+		if o.ring != nil {
+			o.ring.control(rh, typ, body, true)
+		}
 		return
 	}
 	h, err := parseHeader(inner)
@@ -254,7 +325,7 @@ func (o *Overlay) originate(rh routing.Header, buf []byte) error {
 	if _, err := rh.AppendBinary(buf[routeHeaderOff:routeHeaderOff]); err != nil {
 		return err
 	}
-	next, _ := o.cfg.Router.NextHop(rh.Dst, "")
+	next := o.router.NextHop(rh.Dst, "").Next
 	if next == "" {
 		o.drops.noRoute.Add(1)
 		return ErrNoRoute
@@ -322,6 +393,7 @@ func (o *Overlay) ringHandshake(rh routing.Header, body []byte) {
 			if p.ring == nil {
 				p.ring = &ringState{addr: rh.Src}
 			}
+			p.ring.wanted = true
 			p.mu.Unlock()
 			err = p.respondRing(h)
 		}

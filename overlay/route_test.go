@@ -17,16 +17,16 @@ type staticRouter struct {
 	next map[routing.Addr]peer.ID
 }
 
-func (r *staticRouter) NextHop(dst routing.Addr, from peer.ID) (peer.ID, bool) {
+func (r *staticRouter) NextHop(dst routing.Addr, from peer.ID) Hop {
 	if dst == r.self {
-		return "", true
+		return Hop{Deliver: true, Nearest: true}
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if n := r.next[dst]; n != from {
-		return n, false
+		return Hop{Next: n}
 	}
-	return "", false
+	return Hop{}
 }
 
 func (r *staticRouter) via(dst, hop peer.ID) {

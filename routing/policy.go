@@ -48,7 +48,7 @@ func (t *Table) nearest(cands []Neighbour, cw bool, k int) []Neighbour {
 func (t *Table) ringLinks() []Neighbour {
 	out := make([]Neighbour, 0, len(t.links))
 	for _, l := range t.links {
-		if l.routes() {
+		if l.Routes() {
 			out = append(out, Neighbour{Peer: l.Peer, Addr: l.Addr})
 		}
 	}
@@ -71,14 +71,14 @@ func (t *Table) Near() (cw, ccw []Neighbour) {
 func (t *Table) MissingNear() []Neighbour {
 	cands := t.ringLinks()
 	for _, l := range t.links {
-		if l.routes() {
+		if l.Routes() {
 			cands = append(cands, l.Neighbours...)
 		}
 	}
 	var out []Neighbour
 	for _, cw := range []bool{true, false} {
 		for _, n := range t.nearest(cands, cw, NearPerSide) {
-			if l := t.Link(n.Peer); (l == nil || !l.routes()) && !slices.Contains(out, n) {
+			if l := t.Link(n.Peer); (l == nil || !l.Routes()) && !slices.Contains(out, n) {
 				out = append(out, n)
 			}
 		}

@@ -67,7 +67,7 @@ func (t *Table) NextHop(dst Addr, from peer.ID) Hop {
 	best, bestD := self, selfD
 	var via *Link
 	for _, l := range t.links {
-		if l.Peer == from || !l.routes() {
+		if l.Peer == from || !l.Routes() {
 			continue
 		}
 		if d := l.Addr.Distance(dst); closer(l.Addr, d, best, bestD, dst) {
@@ -75,7 +75,7 @@ func (t *Table) NextHop(dst Addr, from peer.ID) Hop {
 		}
 	}
 	for _, l := range t.links {
-		if l.Peer == from || !l.routes() {
+		if l.Peer == from || !l.Routes() {
 			continue
 		}
 		ld := l.Addr.Distance(dst)
@@ -113,7 +113,7 @@ func (t *Table) closestOnSide(cw bool) *Link {
 	var best *Link
 	var bestD Addr
 	for _, l := range t.links {
-		if !l.routes() {
+		if !l.Routes() {
 			continue
 		}
 		d := t.self.Addr.Clockwise(l.Addr)

@@ -84,9 +84,9 @@ type Link struct {
 	Neighbours []Neighbour
 }
 
-// routes reports whether greedy routing may use the link: leaf links
+// Routes reports whether greedy routing may use the link: leaf links
 // belong to nodes not yet in the ring.
-func (l *Link) routes() bool { return (l.Kinds|l.PeerKinds)&Ring != 0 }
+func (l *Link) Routes() bool { return (l.Kinds|l.PeerKinds)&Ring != 0 }
 
 // Table is a node's routing table: its links and the policy that decides
 // which links it wants. It is pure state, with no I/O and no locking; its
@@ -114,7 +114,7 @@ func (t *Table) derive() *derived {
 	}
 	d := &derived{adv: make([]Neighbour, 0, len(t.links))}
 	for _, l := range t.links {
-		if l.routes() && len(d.adv) < MaxNeighbours {
+		if l.Routes() && len(d.adv) < MaxNeighbours {
 			d.adv = append(d.adv, Neighbour{Peer: l.Peer, Addr: l.Addr})
 		}
 	}

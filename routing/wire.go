@@ -1,6 +1,7 @@
 package routing
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -15,7 +16,7 @@ import (
 // big-endian; a peer ID is a length byte and its bytes.
 //
 //	ConnectToMe   version kind ttl id addr(20) target(20) n (ip-len ip port(2))×n
-//	NeighbourList version id addr(20) n (id addr(20))×n
+//	NeighbourList version kinds seq(8) id addr(20) n (id addr(20))×n
 //	Header        version ttl src(20) dst(20)
 const (
 	// Version is the wire version of every ring message.
@@ -53,8 +54,15 @@ type ConnectToMe struct {
 	Endpoints []netip.AddrPort // where Requester can be dialled
 }
 
-// NeighbourList is a node's advertisement of its ring links.
+// NeighbourList is what a node tells each of its links: why it keeps the
+// link, and its ring links for the peer's neighbour-of-neighbour routing
+// and near-link repair.
 type NeighbourList struct {
+	// Kinds are what Sender keeps the link to the receiver for.
+	Kinds Kind
+	// Seq grows with every list Sender sends; a receiver ignores a list
+	// older than one it has (lists may overtake each other).
+	Seq        uint64
 	Sender     peer.ID
 	Addr       Addr // Sender's ring address
 	Neighbours []Neighbour
@@ -247,7 +255,12 @@ func (m *NeighbourList) MarshalBinary() ([]byte, error) {
 	if err := checkPeer(m.Sender, m.Addr); err != nil {
 		return nil, fmt.Errorf("neighbour list: %w", err)
 	}
-	b := appendPeer([]byte{Version}, m.Sender, m.Addr)
+	if m.Kinds&^(Leaf|Ring) != 0 {
+		return nil, fmt.Errorf("neighbour list: %w: kinds %v", ErrMalformed, m.Kinds)
+	}
+	b := []byte{Version, byte(m.Kinds)}
+	b = binary.BigEndian.AppendUint64(b, m.Seq)
+	b = appendPeer(b, m.Sender, m.Addr)
 	b = append(b, byte(len(m.Neighbours)))
 	for _, n := range m.Neighbours {
 		if err := checkPeer(n.Peer, n.Addr); err != nil {
@@ -262,6 +275,14 @@ func (m *NeighbourList) MarshalBinary() ([]byte, error) {
 func (m *NeighbourList) UnmarshalBinary(b []byte) error {
 	r := reader{b: b}
 	r.version()
+	kinds := Kind(r.byte())
+	if r.err == nil && kinds&^(Leaf|Ring) != 0 {
+		r.fail(fmt.Errorf("%w: kinds %#x", ErrMalformed, uint8(kinds)))
+	}
+	var seq uint64
+	if s := r.bytes(8); s != nil {
+		seq = binary.BigEndian.Uint64(s)
+	}
 	id, a := r.peer()
 	list := make([]Neighbour, r.count(MaxNeighbours))
 	for i := range list {
@@ -273,7 +294,7 @@ func (m *NeighbourList) UnmarshalBinary(b []byte) error {
 	if err := r.end(); err != nil {
 		return fmt.Errorf("neighbour list: %w", err)
 	}
-	*m = NeighbourList{Sender: id, Addr: a, Neighbours: list}
+	*m = NeighbourList{Kinds: kinds, Seq: seq, Sender: id, Addr: a, Neighbours: list}
 	return nil
 }
 

@@ -21,7 +21,7 @@ func validCTM() *ConnectToMe {
 
 func validList(n int) *NeighbourList {
 	id := testID(0)
-	m := &NeighbourList{Sender: id, Addr: AddrFromPeer(id)}
+	m := &NeighbourList{Kinds: Near | Far, Seq: 7, Sender: id, Addr: AddrFromPeer(id)}
 	for i := range n {
 		p := testID(i + 1)
 		m.Neighbours = append(m.Neighbours, Neighbour{Peer: p, Addr: AddrFromPeer(p)})
@@ -53,7 +53,8 @@ func TestWireRoundTrip(t *testing.T) {
 	if err := list2.UnmarshalBinary(mustMarshal(t, list)); err != nil {
 		t.Fatal(err)
 	}
-	if len(list2.Neighbours) != MaxNeighbours || list2.Neighbours[5] != list.Neighbours[5] {
+	if len(list2.Neighbours) != MaxNeighbours || list2.Neighbours[5] != list.Neighbours[5] ||
+		list2.Kinds != list.Kinds || list2.Seq != list.Seq {
 		t.Fatalf("neighbour list round trip: %+v", list2)
 	}
 
@@ -79,7 +80,7 @@ func TestWireRejects(t *testing.T) {
 
 	tooMany := validList(MaxNeighbours)
 	b := mustMarshal(t, tooMany)
-	off := 1 + 1 + len(tooMany.Sender) + AddrLen
+	off := 1 + 1 + 8 + 1 + len(tooMany.Sender) + AddrLen
 	b[off] = MaxNeighbours + 1
 	last := validList(1).Neighbours[0]
 	b = appendPeer(b, last.Peer, last.Addr)
@@ -101,6 +102,9 @@ func TestWireRejects(t *testing.T) {
 	manyEps[3+1+len(eps.Requester)+2*AddrLen] = MaxEndpoints + 1
 	manyEps = append(manyEps, 4, 192, 0, 2, 9, 0, 1)
 
+	badKinds := mustMarshal(t, validList(1))
+	badKinds[1] = 0x80
+
 	hdr := mustMarshal(t, &Header{TTL: 1})
 	hdr0 := bytes.Clone(hdr)
 	hdr0[1] = 0
@@ -121,6 +125,7 @@ func TestWireRejects(t *testing.T) {
 		{"ctm: empty", &ConnectToMe{}, nil, ErrMalformed},
 		{"list: a neighbour's address lies", &NeighbourList{}, listLie, ErrAddr},
 		{"list: too long", &NeighbourList{}, b, ErrTooMany},
+		{"list: unknown kind", &NeighbourList{}, badKinds, ErrMalformed},
 		{"header: TTL zero", &Header{}, hdr0, ErrTTL},
 		{"header: short", &Header{}, hdr[:HeaderLen-1], ErrMalformed},
 	}

@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -203,6 +204,26 @@ func printStatus(w io.Writer, st *node.Status) {
 	fmt.Fprintf(w, "data socket: %s\n", st.DataAddr)
 	for _, a := range st.Addresses {
 		fmt.Fprintf(w, "listening:   %s\n", a)
+	}
+	r := st.Ring
+	if r.Addr != "" {
+		fmt.Fprintf(w, "ring:        address %s, about %.0f nodes, far links %d of %d\n",
+			r.Addr, r.EstimateN, r.FarHave, r.FarWanted)
+		near := func(ids []string) string {
+			s := make([]string, len(ids))
+			for i, id := range ids {
+				s[i] = shortID(id)
+			}
+			return strings.Join(s, " ")
+		}
+		fmt.Fprintf(w, "near:        clockwise %s; anticlockwise %s\n", near(r.NearCW), near(r.NearCCW))
+		fmt.Fprintf(w, "\nring links: %d (other control connections: %d)\n", len(r.Links), r.OtherConns)
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "PEER\tRING ADDRESS\tKINDS\tPEER KINDS\tAGE\tREMOTE")
+		for _, l := range r.Links {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.0fs\t%s\n", shortID(l.PeerID), l.Addr[:12]+"…", l.Kinds, l.PeerKinds, l.AgeS, l.Remote)
+		}
+		tw.Flush()
 	}
 	fmt.Fprintf(w, "\npeers: %d\n", len(st.Peers))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)

@@ -1,0 +1,131 @@
+package overlay
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/ringnet/ringnet/routing"
+)
+
+// ringNodes starts n nodes with the ring on, each joining through the
+// first.
+func ringNodes(t *testing.T, n int) []*testNode {
+	t.Helper()
+	subnet := []netip.Prefix{netip.MustParsePrefix("10.128.0.0/16")}
+	first := newTestNode(t, "10.128.0.1", 0, func(c *Config) {
+		c.Ring, c.VirtualSubnets = true, subnet
+	})
+	boot := peer.AddrInfo{ID: first.ID(), Addrs: first.Host().Addrs()}
+	nodes := []*testNode{first}
+	for i := 2; i <= n; i++ {
+		nodes = append(nodes, newTestNode(t, fmt.Sprintf("10.128.0.%d", i), 0, func(c *Config) {
+			c.Ring, c.VirtualSubnets, c.Bootstrap = true, subnet, []peer.AddrInfo{boot}
+		}))
+	}
+	return nodes
+}
+
+// consistent reports whether every node's near neighbours are the true
+// nearest nodes on each side, and why not.
+func consistent(nodes []*testNode) error {
+	sorted := slices.Clone(nodes)
+	slices.SortFunc(sorted, func(a, b *testNode) int {
+		return routing.AddrFromPeer(a.ID()).Cmp(routing.AddrFromPeer(b.ID()))
+	})
+	n := len(sorted)
+	k := min(routing.NearPerSide, n-1)
+	for i, v := range sorted {
+		st, _ := v.Ring()
+		var wantCW, wantCCW []peer.ID
+		for j := range k {
+			wantCW = append(wantCW, sorted[(i+1+j)%n].ID())
+			wantCCW = append(wantCCW, sorted[(i-1-j+n)%n].ID())
+		}
+		if !slices.Equal(st.NearCW, wantCW) || !slices.Equal(st.NearCCW, wantCCW) {
+			return fmt.Errorf("node %d: near %v / %v, want %v / %v", i, st.NearCW, st.NearCCW, wantCW, wantCCW)
+		}
+	}
+	return nil
+}
+
+func waitConsistent(t *testing.T, nodes []*testNode, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		err := consistent(nodes)
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ring not consistent after %v: %v", within, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// reach sends packets from a to b's virtual address until one arrives:
+// the first ones go while a looks up b's address and handshakes with it.
+func reach(t *testing.T, a, b *testNode, within time.Duration) {
+	t.Helper()
+	src, dst := a.cfg.VirtualAddrs[0].String(), b.cfg.VirtualAddrs[0].String()
+	pkt := ipv4(src, dst, "over the ring")
+	deadline := time.Now().Add(within)
+	for {
+		buf := make([]byte, HeaderLen+len(pkt)+TagLen)
+		copy(buf[HeaderLen:], pkt)
+		a.Send(b.cfg.VirtualAddrs[0], buf, len(pkt))
+		select {
+		case got := <-b.got:
+			if string(got) == string(pkt) {
+				return
+			}
+		case <-time.After(100 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			st, _ := a.Ring()
+			t.Fatalf("%s -> %s: nothing delivered within %v (ring counters %v, drops %v)", src, dst, within, st.Counters, a.Drops())
+		}
+	}
+}
+
+func TestRingJoinsAndRoutes(t *testing.T) {
+	nodes := ringNodes(t, 8)
+	waitConsistent(t, nodes, 20*time.Second)
+	for _, n := range nodes {
+		st, _ := n.Ring()
+		if len(st.Links) > routing.MaxLinks {
+			t.Errorf("%s has %d links, above the cap", n.ID(), len(st.Links))
+		}
+		for _, l := range st.Links {
+			if (l.Kinds|l.PeerKinds)&routing.Leaf != 0 && len(st.NearCW) == routing.NearPerSide {
+				t.Errorf("%s still keeps a leaf link to %s after joining", n.ID(), l.Peer)
+			}
+		}
+	}
+	// Every pair, including those with no link of their own.
+	for i, a := range nodes {
+		for j, b := range nodes {
+			if i != j {
+				reach(t, a, b, 10*time.Second)
+			}
+		}
+	}
+}
+
+func TestRingRepairsAfterFailures(t *testing.T) {
+	nodes := ringNodes(t, 10)
+	waitConsistent(t, nodes, 20*time.Second)
+	// Kill three, the bootstrap node among them.
+	for _, n := range []*testNode{nodes[0], nodes[4], nodes[7]} {
+		n.Close()
+	}
+	alive := []*testNode{nodes[1], nodes[2], nodes[3], nodes[5], nodes[6], nodes[8], nodes[9]}
+	waitConsistent(t, alive, 15*time.Second)
+	reach(t, alive[0], alive[len(alive)-1], 10*time.Second)
+	reach(t, alive[3], alive[1], 10*time.Second)
+}
