@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 
@@ -142,6 +143,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger, opts ...Option) (*N
 		VirtualSubnets: []netip.Prefix{prefix.Masked()},
 		Ring:           true,
 		Bootstrap:      boot,
+		PeersFile:      filepath.Join(cfg.StateDir, "peers.json"),
 		NewReceiver:    n.newReceiver,
 		Logger:         log,
 	})

@@ -66,6 +66,14 @@ const (
 	minRekeyGap = 2 * time.Second
 )
 
+// heardWithin reports whether the peer was heard (any authenticated
+// datagram) within d.
+func (p *Peer) heardWithin(now time.Time, d time.Duration) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return now.Sub(p.lastHeard) < d
+}
+
 // Peer is one remote node and the link to it.
 type Peer struct {
 	o  *Overlay
@@ -101,6 +109,15 @@ type Peer struct {
 	rekeyWanted   bool
 	rtt           time.Duration
 	pendingProbes map[uint64]bool
+
+	// ringLink is set while the ring keeps a link to the peer: the link
+	// is pinged often enough for the ring to notice a dead peer fast.
+	ringLink atomic.Bool
+	// rxControl counts authenticated pings and pongs; with rxPackets it
+	// tells the link loop whether the peer was heard (lastHeard).
+	rxControl atomic.Uint64
+	lastRx    uint64    // rxPackets+rxControl at the last tick; p.mu
+	lastHeard time.Time // when that sum last moved; p.mu
 
 	rekeys                                 atomic.Uint64
 	txPackets, txBytes, rxPackets, rxBytes atomic.Uint64
@@ -157,6 +174,11 @@ func (p *Peer) run(ctx context.Context) {
 
 func (p *Peer) tick(ctx context.Context) {
 	now := time.Now()
+	p.mu.Lock()
+	if rx := p.rxPackets.Load() + p.rxControl.Load(); rx != p.lastRx {
+		p.lastRx, p.lastHeard = rx, now
+	}
+	p.mu.Unlock()
 	h := p.o.host
 	connected := h.Network().Connectedness(p.id) == network.Connected
 	p.mu.Lock()
@@ -328,6 +350,8 @@ func (p *Peer) ping(now time.Time) {
 	switch {
 	case overRing:
 		due = now.Sub(p.ringTrip) >= udpTimeout || now.Sub(p.lastPing) >= pingInterval
+	case p.ringLink.Load() && now.Sub(p.lastHeard) >= ringKeepalive && now.Sub(p.lastPing) >= ringKeepalive:
+		due = true // the ring must notice a dead link within linkTimeout
 	case !p.udpConfirmed(now), sending && sinceTrip >= quietAfter:
 		due = true // probing
 	default:

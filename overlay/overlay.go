@@ -73,6 +73,9 @@ type Config struct {
 	Ring bool
 	// Bootstrap are nodes to join the ring through (with Ring).
 	Bootstrap []peer.AddrInfo
+	// PeersFile, if set, is where the node remembers its ring links, to
+	// rejoin through them after a restart before trying Bootstrap.
+	PeersFile string
 	// Router routes datagrams over the ring when Ring is off (tests);
 	// nil: links only.
 	Router Router

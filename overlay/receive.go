@@ -88,12 +88,14 @@ func (o *Overlay) receive(rx Receiver, dgram []byte, via Path, from netip.AddrPo
 func (p *Peer) handle(rx Receiver, typ byte, dgram, pt []byte, via Path, from netip.AddrPort) {
 	switch typ {
 	case typePing:
+		p.rxControl.Add(1)
 		if len(pt) == pingLen {
 			var buf [HeaderLen + pingLen + TagLen]byte
 			copy(buf[HeaderLen:], pt)
 			p.answerPing(via, from, buf[:])
 		}
 	case typePong:
+		p.rxControl.Add(1)
 		p.pong(pt, via)
 	case typeData:
 		if !p.holdsSource(pt) {

@@ -70,6 +70,12 @@ const (
 	peerIdle = 2 * time.Minute
 	// sweepEvery is how many rounds pass between sweeps of idle peers.
 	sweepEvery = 10
+	// A ring link that has been quiet for ringKeepalive is pinged; one
+	// not heard for linkTimeout is dead, whatever its control
+	// connection says (a QUIC connection to a crashed node stays up for
+	// half a minute). Three pings go unanswered before a link dies.
+	ringKeepalive = 4 * time.Second
+	linkTimeout   = 15 * time.Second
 )
 
 // Control messages over ringProtocol: a type byte, then the message.
@@ -112,8 +118,10 @@ type ringManager struct {
 	pending    map[routing.Addr]request
 	answered   map[answerKey]time.Time
 	dialFailed map[peer.ID]time.Time
-	bootNext   int       // which bootstrap node to try next
-	bootAt     time.Time // when one was last tried
+	boot       []peer.AddrInfo // remembered peers, then Config.Bootstrap
+	bootNext   int             // which bootstrap node to try next
+	saved      []peer.ID       // links when the peers file was last written
+	bootAt     time.Time       // when one was last tried
 	booting    bool
 	activity   map[peer.ID]activity
 	rounds     int
@@ -152,6 +160,18 @@ func newRingManager(o *Overlay) *ringManager {
 		activity:   make(map[peer.ID]activity),
 	}
 	r.vips.init()
+	if path := o.cfg.PeersFile; path != "" {
+		remembered, err := loadRemembered(path)
+		if err != nil {
+			o.log.Warn("remembered peers not read", "err", err)
+		}
+		r.boot = remembered
+	}
+	for _, b := range o.cfg.Bootstrap {
+		if !slices.ContainsFunc(r.boot, func(x peer.AddrInfo) bool { return x.ID == b.ID }) {
+			r.boot = append(r.boot, b)
+		}
+	}
 	return r
 }
 
@@ -246,6 +266,12 @@ func (r *ringManager) round(ctx context.Context) {
 	for _, l := range slices.Clone(r.t.Links()) {
 		if host.Network().Connectedness(l.Peer) != network.Connected {
 			r.dropLinkLocked(l.Peer)
+			continue
+		}
+		if now.Sub(r.since[l.Peer]) > linkTimeout && !r.alive(l.Peer, now) {
+			r.o.log.Info("ring link dead: not heard", "peer", l.Peer, "for", linkTimeout)
+			r.dropLinkLocked(l.Peer)
+			closes = append(closes, l.Peer)
 		}
 	}
 	for a, q := range r.pending {
@@ -309,7 +335,35 @@ func (r *ringManager) round(ctx context.Context) {
 	pushes := r.pushesLocked()
 	nearNow := r.nearLocked()
 	sweep := r.rounds%sweepEvery == 0
+	var save []peer.ID
+	if joined && sweep {
+		for _, l := range r.t.Links() {
+			save = append(save, l.Peer)
+		}
+		slices.Sort(save)
+		if slices.Equal(save, r.saved) {
+			save = nil
+		} else {
+			r.saved = save
+		}
+	}
 	r.mu.Unlock()
+
+	if len(save) > 0 && r.o.cfg.PeersFile != "" {
+		var infos []peer.AddrInfo
+		for _, id := range save {
+			addrs := host.Peerstore().Addrs(id)
+			if public := slices.DeleteFunc(slices.Clone(addrs), manet.IsIPLoopback); len(public) > 0 {
+				addrs = public
+			}
+			if len(addrs) > 0 {
+				infos = append(infos, peer.AddrInfo{ID: id, Addrs: addrs})
+			}
+		}
+		if err := saveRemembered(r.o.cfg.PeersFile, infos); err != nil {
+			r.o.log.Warn("remembered peers not saved", "err", err)
+		}
+	}
 
 	for _, p := range closes {
 		r.closeLink(p)
@@ -335,7 +389,7 @@ func (r *ringManager) round(ctx context.Context) {
 // bootstrapLocked dials the next bootstrap node, in the background; on
 // success the node keeps a leaf link to it. r.mu is held.
 func (r *ringManager) bootstrapLocked(ctx context.Context, now time.Time) {
-	boot := r.o.cfg.Bootstrap
+	boot := r.boot
 	if len(boot) == 0 || r.booting || now.Sub(r.bootAt) < requestTimeout {
 		return
 	}
@@ -423,7 +477,9 @@ func (r *ringManager) addLinkLocked(id peer.ID, kinds routing.Kind, farN float64
 		r.since[id] = time.Now()
 		r.counters.linksUp.Add(1)
 		r.o.host.ConnManager().Protect(id, "ringnet-ring")
-		r.o.peer(id).wake() // the link's own handshake
+		p := r.o.peer(id)
+		p.ringLink.Store(true)
+		p.wake() // the link's own handshake
 	}
 	return l
 }
@@ -437,10 +493,23 @@ func (r *ringManager) dropLinkLocked(id peer.ID) {
 }
 
 func (r *ringManager) forgetLocked(id peer.ID) {
+	r.o.mu.RLock()
+	if p := r.o.peers[id]; p != nil {
+		p.ringLink.Store(false)
+	}
+	r.o.mu.RUnlock()
 	delete(r.told, id)
 	delete(r.heard, id)
 	delete(r.since, id)
 	r.o.host.ConnManager().Unprotect(id, "ringnet-ring")
+}
+
+// alive reports whether the link to id was heard within linkTimeout.
+func (r *ringManager) alive(id peer.ID, now time.Time) bool {
+	r.o.mu.RLock()
+	p := r.o.peers[id]
+	r.o.mu.RUnlock()
+	return p != nil && p.heardWithin(now, linkTimeout)
 }
 
 // closeLink closes the connection of a link neither side wants, unless a

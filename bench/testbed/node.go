@@ -252,3 +252,39 @@ func StartMesh(ctx context.Context, base node.Config, vms []*VM, vips []string) 
 	}
 	return nil
 }
+
+// BootstrapAddr returns the multiaddr by which other nodes join the ring
+// through this VM's node: its TCP control address at its current underlay
+// address, with its peer ID.
+func (vm *VM) BootstrapAddr(ctx context.Context) (string, error) {
+	id, err := vm.PeerID(ctx)
+	if err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("/ip4/%v/tcp/%d/p2p/%s", vm.UnderlayIP(), node.DefaultControlPort, id), nil
+}
+
+// StartRing starts a node on each VM with virtual address vips[i] (with
+// its prefix length), the rest of the config from base: the first VM's
+// node starts a ring of its own and every other joins through it, one
+// after the other.
+func StartRing(ctx context.Context, base node.Config, vms []*VM, vips []string) error {
+	if len(vms) != len(vips) || len(vms) == 0 {
+		return fmt.Errorf("start ring: %d VMs but %d virtual addresses", len(vms), len(vips))
+	}
+	boot, err := vms[0].BootstrapAddr(ctx)
+	if err != nil {
+		return err
+	}
+	for i, vm := range vms {
+		cfg := base
+		cfg.TAP.Address = vips[i]
+		if i > 0 {
+			cfg.Bootstrap = []string{boot}
+		}
+		if err := vm.StartNode(ctx, cfg); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,283 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ringnet/ringnet/bench/testbed"
+	"github.com/ringnet/ringnet/node"
+	"github.com/ringnet/ringnet/routing"
+)
+
+// ringVM is a VM of a ring test and what its node reports.
+type ringVM struct {
+	vm   *testbed.VM
+	vip  string
+	id   string
+	addr string // ring address
+}
+
+// newRingBed builds n VMs spread over public sites, without nodes.
+func newRingBed(t *testing.T, n, sites int) (*testbed.Bed, []*ringVM) {
+	t.Helper()
+	ctx := t.Context()
+	bed := testbed.NewT(t, testbed.Options{RingnetPath: ringnetBin})
+	var ss []*testbed.Site
+	for i := range sites {
+		s, err := bed.AddSite(ctx, fmt.Sprintf("s%d", i), testbed.NATNone)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ss = append(ss, s)
+	}
+	vms := make([]*ringVM, n)
+	for i := range n {
+		vm, err := bed.AddVM(ctx, ss[i%sites], fmt.Sprintf("v%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		vms[i] = &ringVM{vm: vm, vip: fmt.Sprintf("10.128.1.%d", i+1)}
+	}
+	return bed, vms
+}
+
+func startRing(t *testing.T, vms []*ringVM) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	var tvms []*testbed.VM
+	var vips []string
+	for _, v := range vms {
+		tvms = append(tvms, v.vm)
+		vips = append(vips, v.vip+"/16")
+	}
+	if err := testbed.StartRing(ctx, node.Config{}, tvms, vips); err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range vms {
+		st, err := v.vm.Status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v.id, v.addr = st.PeerID, st.Ring.Addr
+	}
+}
+
+// ringConsistent reports whether each node's near neighbours, as its
+// status reports them, are the true nearest of the given nodes, and
+// returns the statuses.
+func ringConsistent(ctx context.Context, vms []*ringVM) (map[string]node.Status, error) {
+	sts := make(map[string]node.Status)
+	for _, v := range vms {
+		st, err := v.vm.Status(ctx)
+		if err != nil {
+			return nil, err
+		}
+		sts[v.id] = st
+	}
+	sorted := slices.Clone(vms)
+	slices.SortFunc(sorted, func(a, b *ringVM) int { return cmpStr(a.addr, b.addr) })
+	n := len(sorted)
+	k := min(routing.NearPerSide, n-1)
+	for i, v := range sorted {
+		st := sts[v.id]
+		var cw, ccw []string
+		for j := range k {
+			cw = append(cw, sorted[(i+1+j)%n].id)
+			ccw = append(ccw, sorted[(i-1-j+n)%n].id)
+		}
+		if !slices.Equal(st.Ring.NearCW, cw) || !slices.Equal(st.Ring.NearCCW, ccw) {
+			return sts, fmt.Errorf("%s (%s): near %v / %v, want %v / %v", v.vm.Name(), v.vip, st.Ring.NearCW, st.Ring.NearCCW, cw, ccw)
+		}
+	}
+	return sts, nil
+}
+
+func cmpStr(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// waitRingConsistent polls until the ring is consistent and returns the
+// time it took.
+func waitRingConsistent(t *testing.T, vms []*ringVM, within time.Duration) (map[string]node.Status, time.Duration) {
+	t.Helper()
+	start := time.Now()
+	ctx := t.Context()
+	for {
+		sts, err := ringConsistent(ctx, vms)
+		if err == nil {
+			return sts, time.Since(start)
+		}
+		if time.Since(start) > within {
+			t.Fatalf("ring not consistent after %v: %v", within, err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// pingPairs pings between random pairs of the VMs, a few at a time, each
+// until it answers or within runs out, and returns the pairs that never
+// answered.
+func pingPairs(t *testing.T, vms []*ringVM, pairs int, within time.Duration, rng *rand.Rand) []string {
+	t.Helper()
+	type pair struct{ a, b *ringVM }
+	var ps []pair
+	for len(ps) < pairs {
+		a, b := vms[rng.IntN(len(vms))], vms[rng.IntN(len(vms))]
+		if a != b {
+			ps = append(ps, pair{a, b})
+		}
+	}
+	var mu sync.Mutex
+	var failed []string
+	sem := make(chan struct{}, 8)
+	var wg sync.WaitGroup
+	for _, p := range ps {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			ctx, cancel := context.WithTimeout(t.Context(), within)
+			defer cancel()
+			if err := p.a.vm.WaitReachable(ctx, p.b.vip); err != nil {
+				mu.Lock()
+				failed = append(failed, fmt.Sprintf("%s -> %s: %v\n%s", p.a.vip, p.b.vip, err, describePeer(t, p.a, p.b)))
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return failed
+}
+
+// describePeer says what a's node knows of b, for a failure message.
+func describePeer(t *testing.T, a, b *ringVM) string {
+	st, err := a.vm.Status(context.Background())
+	if err != nil {
+		return err.Error()
+	}
+	out := fmt.Sprintf("  %s: drops %v\n  ring counters %v\n", a.vip, st.Drops, st.Ring.Counters)
+	for _, p := range st.Peers {
+		if p.PeerID == b.id {
+			out += fmt.Sprintf("  peer %s: %+v\n", b.vip, p)
+		}
+	}
+	if bs, err := b.vm.Status(context.Background()); err == nil {
+		out += fmt.Sprintf("  %s: drops %v\n  ring counters %v\n", b.vip, bs.Drops, bs.Ring.Counters)
+		for _, p := range bs.Peers {
+			if p.PeerID == a.id {
+				out += fmt.Sprintf("  peer %s: %+v\n", a.vip, p)
+			}
+		}
+	}
+	return out
+}
+
+// TestRingOf24 joins 24 nodes through one bootstrap node, checks their
+// links and multi-hop routes, kills a quarter of them (the bootstrap node
+// among them) and checks that the ring heals, then brings one back.
+func TestRingOf24(t *testing.T) {
+	bed, vms := newRingBed(t, 24, 4)
+	defer func() {
+		if t.Failed() {
+			bed.DumpLogs(30)
+		}
+	}()
+	startRing(t, vms)
+	sts, took := waitRingConsistent(t, vms, 60*time.Second)
+	t.Logf("24 nodes joined; ring consistent %v after the last start", took.Round(100*time.Millisecond))
+	time.Sleep(2 * time.Second) // the last lists in flight
+	sts, _ = waitRingConsistent(t, vms, 10*time.Second)
+
+	total, most := 0, 0
+	for _, v := range vms {
+		st := sts[v.id]
+		links := len(st.Ring.Links)
+		total += links
+		most = max(most, links)
+		if links > routing.MaxLinks {
+			t.Errorf("%s has %d ring links, above the cap of %d", v.vip, links, routing.MaxLinks)
+		}
+		for _, l := range st.Ring.Links {
+			if l.Kinds == "leaf" || l.PeerKinds == "leaf" {
+				t.Errorf("%s keeps a leaf link to %s after joining", v.vip, l.PeerID)
+			}
+		}
+	}
+	if most >= len(vms)-1 {
+		t.Errorf("a node links to all %d others: a full mesh, not a ring", most)
+	}
+	t.Logf("ring links per node: mean %.1f, most %d (cap %d)", float64(total)/float64(len(vms)), most, routing.MaxLinks)
+
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 24))
+	if failed := pingPairs(t, vms, 100, 20*time.Second, rng); len(failed) > 0 {
+		t.Fatalf("%d of 100 pairs never answered a ping: %v", len(failed), failed)
+	}
+	// Pairs without a link of their own went over the ring.
+	multiHop := 0
+	for _, v := range vms {
+		st, err := v.vm.Status(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range st.Peers {
+			if p.Link == "routed" && p.Hops > 1 {
+				multiHop++
+			}
+		}
+	}
+	if multiHop == 0 {
+		t.Fatal("no peer was reached over a multi-hop ring path")
+	}
+	t.Logf("100 pairs pinged; %d sessions run over multi-hop ring paths", multiHop)
+
+	// Kill a quarter, the bootstrap node first.
+	killed := []*ringVM{vms[0]}
+	for _, i := range rng.Perm(len(vms) - 1)[:len(vms)/4-1] {
+		killed = append(killed, vms[i+1])
+	}
+	for _, v := range killed {
+		if err := v.vm.Kill(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	alive := slices.DeleteFunc(slices.Clone(vms), func(v *ringVM) bool { return slices.Contains(killed, v) })
+	_, took = waitRingConsistent(t, alive, 30*time.Second)
+	t.Logf("killed %d of %d nodes; the survivors' ring was consistent after %v", len(killed), len(vms), took.Round(100*time.Millisecond))
+	if failed := pingPairs(t, alive, 40, 20*time.Second, rng); len(failed) > 0 {
+		t.Fatalf("after the failures, %d of 40 pairs never answered: %v", len(failed), failed)
+	}
+
+	// A killed node comes back with its state directory: same ring
+	// address, and (its bootstrap node being dead) it joins through the
+	// peers it remembers.
+	back := killed[1]
+	if err := back.vm.StartNode(t.Context(), back.vm.NodeConfig()); err != nil {
+		t.Fatal(err)
+	}
+	st, err := back.vm.Status(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Ring.Addr != back.addr {
+		t.Fatalf("restarted node at ring address %s, was %s", st.Ring.Addr, back.addr)
+	}
+	alive = append(alive, back)
+	_, took = waitRingConsistent(t, alive, 30*time.Second)
+	t.Logf("%s rejoined at its ring address %s…; consistent after %v", back.vip, back.addr[:12], took.Round(100*time.Millisecond))
+	if failed := pingPairs(t, []*ringVM{back, alive[0], alive[5], alive[10]}, 6, 20*time.Second, rng); len(failed) > 0 {
+		t.Fatalf("the rejoined node: %v", failed)
+	}
+}
