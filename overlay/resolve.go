@@ -47,6 +47,7 @@ const (
 	vipRegister byte = 1 // Peer holds IP
 	vipLookup   byte = 2 // Peer asks who holds IP
 	vipAnswer   byte = 3 // Peer holds IP, TTL seconds left
+	vipHandover byte = 4 // a stored record, passed on: Peer holds IP, TTL seconds left
 )
 
 // vipMsg is an address record message:
@@ -62,7 +63,7 @@ type vipMsg struct {
 var errVIPMsg = errors.New("malformed address record message")
 
 func (m *vipMsg) MarshalBinary() ([]byte, error) {
-	if m.Op < vipRegister || m.Op > vipAnswer || !m.IP.Is4() || len(m.Peer) == 0 || len(m.Peer) > 64 {
+	if m.Op < vipRegister || m.Op > vipHandover || !m.IP.Is4() || len(m.Peer) == 0 || len(m.Peer) > 64 {
 		return nil, errVIPMsg
 	}
 	b := []byte{routing.Version, m.Op}
@@ -73,7 +74,7 @@ func (m *vipMsg) MarshalBinary() ([]byte, error) {
 }
 
 func (m *vipMsg) UnmarshalBinary(b []byte) error {
-	if len(b) < 7 || b[0] != routing.Version || b[1] < vipRegister || b[1] > vipAnswer {
+	if len(b) < 7 || b[0] != routing.Version || b[1] < vipRegister || b[1] > vipHandover {
 		return errVIPMsg
 	}
 	n := int(b[6])
@@ -133,7 +134,8 @@ func (v *resolver) counters(m map[string]uint64) {
 func (r *ringManager) register(now time.Time, near []peer.ID) {
 	v := &r.vips
 	v.mu.Lock()
-	due := now.Sub(v.registered) >= vipRefresh || !slices.Equal(near, v.near)
+	nearChanged := !slices.Equal(near, v.near)
+	due := now.Sub(v.registered) >= vipRefresh || nearChanged
 	if due {
 		v.registered, v.near = now, near
 	}
@@ -141,8 +143,28 @@ func (r *ringManager) register(now time.Time, near []peer.ID) {
 	if !due {
 		return
 	}
+	if nearChanged {
+		r.handOver(now)
+	}
 	for _, ip := range r.o.cfg.VirtualAddrs {
 		r.sendVIP(vipKey(ip), &vipMsg{Op: vipRegister, IP: ip, Peer: r.o.host.ID(), TTL: uint16(vipTTL / time.Second)})
+	}
+}
+
+// handOver routes the records this node stores to their keys again: its
+// near neighbours changed, so a new node may be nearer a key now.
+func (r *ringManager) handOver(now time.Time) {
+	v := &r.vips
+	v.mu.Lock()
+	var msgs []vipMsg
+	for ip, rec := range v.records {
+		if left := rec.expires.Sub(now); left > time.Second {
+			msgs = append(msgs, vipMsg{Op: vipHandover, IP: ip, Peer: rec.owner, TTL: uint16(left / time.Second)})
+		}
+	}
+	v.mu.Unlock()
+	for i := range msgs {
+		r.sendVIP(vipKey(msgs[i].IP), &msgs[i])
 	}
 }
 
@@ -199,12 +221,21 @@ func (r *ringManager) onVIP(rh routing.Header, body []byte) {
 		if rh.Dst != r.o.ringAddr {
 			return
 		}
+	case vipHandover:
+		if rh.Dst != vipKey(m.IP) {
+			v.refused.Add(1)
+			return
+		}
 	}
 	switch m.Op {
-	case vipRegister:
+	case vipRegister, vipHandover:
 		v.mu.Lock()
 		defer v.mu.Unlock()
-		if _, ok := v.records[m.IP]; !ok && len(v.records) >= maxVIPRecords {
+		old, ok := v.records[m.IP]
+		if m.Op == vipHandover && ok && now.Before(old.expires) {
+			return // the owner's own register wins over a passed-on copy
+		}
+		if !ok && len(v.records) >= maxVIPRecords {
 			v.expireLocked(now)
 			if len(v.records) >= maxVIPRecords {
 				v.refused.Add(1)
