@@ -2,6 +2,7 @@ package node
 
 import (
 	"errors"
+	"net/netip"
 	"os"
 
 	"github.com/ringnet/ringnet/dhcp"
@@ -155,6 +156,24 @@ func (n *Node) readTAPOffload() {
 			n.writeVM(res.Reply)
 		}
 	})
+}
+
+// announce tells the VM at once where addresses it asked for in vain
+// turned out to be, rather than leave it to its next ARP retry.
+func (n *Node) announce(addrs []netip.Addr) {
+	for _, a := range addrs {
+		buf := make([]byte, tap.VirtioNetHdrLen+tap.ReplyBufLen)
+		frame := n.gw.Announce(a, buf[tap.VirtioNetHdrLen:])
+		if frame == nil {
+			continue
+		}
+		if n.offloads.VnetHdr {
+			// A zero vnet header: a complete frame, nothing to offload.
+			frame = buf[:tap.VirtioNetHdrLen+len(frame)]
+		}
+		n.log.Debug("telling the VM where an address it asked for is", "addr", a)
+		n.writeVM(frame)
+	}
 }
 
 func (n *Node) writeVM(frame []byte) {

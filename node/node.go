@@ -133,23 +133,6 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger, opts ...Option) (*N
 		}
 	}
 
-	dataAddr, _ := netip.ParseAddrPort(cfg.Listen.Data) // validated
-	boot, _ := cfg.BootstrapPeers()                     // validated
-	n.ov, err = overlay.New(ctx, overlay.Config{
-		Identity:       key,
-		ControlAddrs:   cfg.Listen.Control,
-		DataAddr:       dataAddr,
-		VirtualAddrs:   []netip.Addr{prefix.Addr()},
-		VirtualSubnets: []netip.Prefix{prefix.Masked()},
-		Ring:           true,
-		Bootstrap:      boot,
-		PeersFile:      filepath.Join(cfg.StateDir, "peers.json"),
-		NewReceiver:    n.newReceiver,
-		Logger:         log,
-	})
-	if err != nil {
-		return nil, err
-	}
 	gwAddr := GatewayAddr(prefix)
 	n.gw, err = tap.NewGateway(tap.GatewayConfig{
 		Addr:       prefix,
@@ -162,6 +145,24 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger, opts ...Option) (*N
 	})
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	dataAddr, _ := netip.ParseAddrPort(cfg.Listen.Data) // validated
+	boot, _ := cfg.BootstrapPeers()                     // validated
+	n.ov, err = overlay.New(ctx, overlay.Config{
+		Identity:       key,
+		ControlAddrs:   cfg.Listen.Control,
+		DataAddr:       dataAddr,
+		VirtualAddrs:   []netip.Addr{prefix.Addr()},
+		VirtualSubnets: []netip.Prefix{prefix.Masked()},
+		Ring:           true,
+		Bootstrap:      boot,
+		PeersFile:      filepath.Join(cfg.StateDir, "peers.json"),
+		NewReceiver:    n.newReceiver,
+		AddrsLearned:   n.announce,
+		Logger:         log,
+	})
+	if err != nil {
+		return nil, err
 	}
 	if *cfg.TAP.DHCP {
 		if n.dhcp, err = n.newDHCP(); err != nil {

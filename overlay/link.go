@@ -316,6 +316,9 @@ func (p *Peer) confirm(s *session) {
 	s.sendReady.Store(true)
 	p.sendSession.Store(s)
 	p.wake() // ping at once to (re)confirm the path under the new keys
+	if p.ringLink.Load() {
+		p.o.ring.kick() // requests may be waiting for the link
+	}
 }
 
 func (p *Peer) expireSessions(now time.Time) {

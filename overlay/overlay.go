@@ -81,6 +81,10 @@ type Config struct {
 	Router Router
 	// AEAD forces one suite; zero picks per link.
 	AEAD Suite
+	// AddrsLearned, if set, is told of virtual addresses that a peer
+	// newly announced (the gateway tells the VM at once). It must not
+	// block.
+	AddrsLearned func([]netip.Addr)
 	// NewReceiver makes the Receiver of one receiving goroutine.
 	NewReceiver func() Receiver
 	Logger      *slog.Logger
@@ -342,18 +346,26 @@ func (o *Overlay) dropIndex(idx uint32) {
 
 // setAddrs records the virtual addresses p announced.
 func (o *Overlay) setAddrs(p *Peer, addrs []netip.Addr) {
+	var learned []netip.Addr
 	o.mu.Lock()
-	defer o.mu.Unlock()
 	for a, holder := range o.byAddr {
 		if holder == p && !slices.Contains(addrs, a) {
 			delete(o.byAddr, a)
 		}
 	}
 	for _, a := range addrs {
-		if old := o.byAddr[a]; old != nil && old != p {
+		old := o.byAddr[a]
+		if old != nil && old != p {
 			o.log.Warn("virtual address moves to another peer", "addr", a, "from", old.id, "to", p.id)
 		}
+		if old != p {
+			learned = append(learned, a)
+		}
 		o.byAddr[a] = p
+	}
+	o.mu.Unlock()
+	if len(learned) > 0 && o.cfg.AddrsLearned != nil {
+		o.cfg.AddrsLearned(learned)
 	}
 }
 

@@ -34,8 +34,11 @@ const (
 	vipRefresh = 15 * time.Second
 	// vipTTL is how long a stored record lives without a refresh.
 	vipTTL = 60 * time.Second
-	// vipRetry rate-limits lookups for one address.
-	vipRetry = time.Second
+	// A lookup is sent again every lookupRetry until answered, for at
+	// most lookupFor: a node that has just joined registers within a
+	// round, and its first ping should not wait for the VM's next ARP.
+	lookupRetry = 250 * time.Millisecond
+	lookupFor   = 5 * time.Second
 	// maxVIPRecords bounds the records one node stores.
 	maxVIPRecords = 1 << 16
 	// maxVIPLookups bounds the lookups in flight.
@@ -100,6 +103,11 @@ func vipKey(ip netip.Addr) routing.Addr {
 	return routing.AddrFromBytes(sum[:routing.AddrLen])
 }
 
+// lookup is a lookup awaiting its answer.
+type lookup struct {
+	first, last time.Time
+}
+
 type vipRecord struct {
 	owner   peer.ID
 	expires time.Time
@@ -109,7 +117,7 @@ type vipRecord struct {
 type resolver struct {
 	mu         sync.Mutex
 	records    map[netip.Addr]vipRecord // stored for others
-	lookups    map[netip.Addr]time.Time // last lookup sent
+	lookups    map[netip.Addr]lookup
 	registered time.Time
 	near       []peer.ID // near neighbours at the last register
 
@@ -118,7 +126,7 @@ type resolver struct {
 
 func (v *resolver) init() {
 	v.records = make(map[netip.Addr]vipRecord)
-	v.lookups = make(map[netip.Addr]time.Time)
+	v.lookups = make(map[netip.Addr]lookup)
 }
 
 func (v *resolver) counters(m map[string]uint64) {
@@ -147,7 +155,11 @@ func (r *ringManager) register(now time.Time, near []peer.ID) {
 		r.handOver(now)
 	}
 	for _, ip := range r.o.cfg.VirtualAddrs {
-		r.sendVIP(vipKey(ip), &vipMsg{Op: vipRegister, IP: ip, Peer: r.o.host.ID(), TTL: uint16(vipTTL / time.Second)})
+		if !r.sendVIP(vipKey(ip), &vipMsg{Op: vipRegister, IP: ip, Peer: r.o.host.ID(), TTL: uint16(vipTTL / time.Second)}) {
+			v.mu.Lock()
+			v.registered = time.Time{} // again next round
+			v.mu.Unlock()
+		}
 	}
 }
 
@@ -168,18 +180,21 @@ func (r *ringManager) handOver(now time.Time) {
 	}
 }
 
-func (r *ringManager) sendVIP(dst routing.Addr, m *vipMsg) {
+// sendVIP routes an address record message and reports whether it left.
+func (r *ringManager) sendVIP(dst routing.Addr, m *vipMsg) bool {
 	b, err := m.MarshalBinary()
 	if err == nil {
 		err = r.o.sendControl(typeVIP, dst, b)
 	}
 	if err != nil {
 		r.o.log.Debug("address record not sent", "ip", m.IP, "err", err)
+		return false
 	}
+	return true
 }
 
-// resolve starts looking for the holder of ip, unless a lookup went out
-// recently. It never blocks: packets for ip are dropped until the holder
+// resolve starts looking for the holder of ip, unless a lookup is under
+// way. It never blocks: packets for ip are dropped until the holder
 // answers and a session with it is up.
 func (r *ringManager) resolve(ip netip.Addr) {
 	if !ip.Is4() || !slices.ContainsFunc(r.o.cfg.VirtualSubnets, func(p netip.Prefix) bool { return p.Contains(ip) }) ||
@@ -189,14 +204,39 @@ func (r *ringManager) resolve(ip netip.Addr) {
 	now := time.Now()
 	v := &r.vips
 	v.mu.Lock()
-	if last, ok := v.lookups[ip]; (ok && now.Sub(last) < vipRetry) || (!ok && len(v.lookups) >= maxVIPLookups) {
+	if l, ok := v.lookups[ip]; (ok && now.Sub(l.first) < lookupFor) || (!ok && len(v.lookups) >= maxVIPLookups) {
 		v.mu.Unlock()
 		return
 	}
-	v.lookups[ip] = now
+	v.lookups[ip] = lookup{first: now, last: now}
 	v.mu.Unlock()
-	v.lookupsSent.Add(1)
+	r.sendLookup(ip)
+}
+
+func (r *ringManager) sendLookup(ip netip.Addr) {
+	r.vips.lookupsSent.Add(1)
 	r.sendVIP(vipKey(ip), &vipMsg{Op: vipLookup, IP: ip, Peer: r.o.host.ID()})
+}
+
+// retryLookups sends unanswered lookups again, and gives up on those
+// older than lookupFor.
+func (r *ringManager) retryLookups(now time.Time) {
+	v := &r.vips
+	var again []netip.Addr
+	v.mu.Lock()
+	for ip, l := range v.lookups {
+		switch {
+		case now.Sub(l.first) >= lookupFor:
+			delete(v.lookups, ip)
+		case now.Sub(l.last) >= lookupRetry:
+			v.lookups[ip] = lookup{first: l.first, last: now}
+			again = append(again, ip)
+		}
+	}
+	v.mu.Unlock()
+	for _, ip := range again {
+		r.sendLookup(ip)
+	}
 }
 
 // onVIP handles an address record message routed to this node, or to a
@@ -284,15 +324,10 @@ func (r *ringManager) ownerOf(ip netip.Addr, now time.Time) (peer.ID, time.Durat
 	return rec.owner, rec.expires.Sub(now)
 }
 
-// expire drops lookups that went unanswered and records that ran out.
+// expire drops records that ran out.
 func (v *resolver) expire(now time.Time) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	for ip, at := range v.lookups {
-		if now.Sub(at) > 5*vipRetry {
-			delete(v.lookups, ip)
-		}
-	}
 	v.expireLocked(now)
 }
 

@@ -200,14 +200,20 @@ func (r *ringManager) kick() {
 func (r *ringManager) loop(ctx context.Context) {
 	t := time.NewTicker(ringRound)
 	defer t.Stop()
+	lookups := time.NewTicker(lookupRetry)
+	defer lookups.Stop()
+	r.round(ctx)
 	for {
-		r.round(ctx)
 		select {
 		case <-ctx.Done():
 			return
+		case now := <-lookups.C:
+			r.retryLookups(now)
+			continue
 		case <-t.C:
 		case <-r.wakeCh:
 		}
+		r.round(ctx)
 	}
 }
 
@@ -371,7 +377,12 @@ func (r *ringManager) round(ctx context.Context) {
 	for _, m := range out {
 		r.counters.connectSent.Add(1)
 		if err := r.o.sendControl(m.typ, m.target, m.body); err != nil {
+			// Most likely a new link whose session is not up yet: ask
+			// again next round, or as soon as the session is up.
 			r.o.log.Debug("send connect-to-me", "err", err)
+			r.mu.Lock()
+			delete(r.pending, m.target)
+			r.mu.Unlock()
 		}
 	}
 	for _, p := range pushes {

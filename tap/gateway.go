@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -128,6 +129,12 @@ type Gateway struct {
 
 	fragNeeded tokenBucket
 	now        func() time.Time // time.Now; tests replace it
+
+	// asked holds addresses the VM asked for by ARP that no node was
+	// known to hold, and when: Announce tells the VM once one is found,
+	// rather than leave it to its next ARP retry a second later.
+	askedMu sync.Mutex
+	asked   map[uint32]time.Time
 
 	fromVM [numFromVMCounters]atomic.Uint64
 	// Keep the two directions' counters, written by different
@@ -308,6 +315,7 @@ func (g *Gateway) arpFromVM(frame, replyBuf []byte) Result {
 		return g.dropFromVM(fromVMDropARPReserved)
 	}
 	if g.holds != nil && !g.holds(uint32Addr(target)) {
+		g.rememberAsked(target)
 		return g.dropFromVM(fromVMDropARPNotHeld)
 	}
 	if len(replyBuf) < arpReplyLen {
@@ -331,6 +339,70 @@ func (g *Gateway) arpFromVM(frame, replyBuf []byte) Result {
 	clear(a[arpLen:])
 	g.fromVM[fromVMARPReply].Add(1)
 	return Result{Verdict: Reply, Reply: r}
+}
+
+// Bounds of the addresses Announce remembers.
+const (
+	maxAsked  = 256
+	askWindow = 10 * time.Second
+)
+
+func (g *Gateway) rememberAsked(target uint32) {
+	now := g.now()
+	g.askedMu.Lock()
+	defer g.askedMu.Unlock()
+	if g.asked == nil {
+		g.asked = make(map[uint32]time.Time)
+	}
+	if len(g.asked) >= maxAsked {
+		for a, at := range g.asked {
+			if now.Sub(at) > askWindow {
+				delete(g.asked, a)
+			}
+		}
+		if len(g.asked) >= maxAsked {
+			return
+		}
+	}
+	g.asked[target] = now
+}
+
+// Announce returns an ARP reply telling the VM that addr is at the
+// gateway, if the VM asked for addr in the last few seconds and got no
+// answer because no node was known to hold it; nil otherwise. Call it when
+// a node turns out to hold addr. buf needs ReplyBufLen bytes.
+func (g *Gateway) Announce(addr netip.Addr, buf []byte) []byte {
+	if !addr.Is4() || len(buf) < arpReplyLen {
+		return nil
+	}
+	target := binary.BigEndian.Uint32(addr.AsSlice())
+	vmMAC := g.vmMAC.Load()
+	g.askedMu.Lock()
+	at, ok := g.asked[target]
+	delete(g.asked, target)
+	g.askedMu.Unlock()
+	if !ok || g.now().Sub(at) > askWindow || vmMAC == 0 {
+		return nil
+	}
+	var mac [8]byte
+	binary.BigEndian.PutUint64(mac[:], vmMAC)
+	vm := binary.BigEndian.AppendUint32(nil, g.vm)
+	r := buf[:arpReplyLen]
+	copy(r[0:6], mac[2:])
+	copy(r[6:12], g.gwMAC[:])
+	binary.BigEndian.PutUint16(r[12:14], etherTypeARP)
+	a := r[EthHeaderLen:]
+	binary.BigEndian.PutUint16(a[0:], arpHTypeEth)
+	binary.BigEndian.PutUint16(a[2:], etherTypeIPv4)
+	a[4], a[5] = 6, 4
+	binary.BigEndian.PutUint16(a[arpOffOp:], arpReply)
+	copy(a[arpOffSHA:], g.gwMAC[:])
+	copy(a[arpOffSPA:], addr.AsSlice())
+	copy(a[arpOffTHA:], mac[2:])
+	copy(a[arpOffTPA:], vm)
+	clear(a[arpLen:])
+	g.fromVM[fromVMARPReply].Add(1)
+	return r
 }
 
 // ipv4FromVM takes an IPv4 packet for the overlay out of its frame.

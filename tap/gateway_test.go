@@ -677,3 +677,26 @@ func BenchmarkToVM(b *testing.B) {
 		}
 	}
 }
+
+func TestAnnounceTellsTheVMAnAddressItAskedFor(t *testing.T) {
+	g := newTestGateway(t)
+	buf := make([]byte, ReplyBufLen)
+	if r := g.Announce(testNotHeld, buf); r != nil {
+		t.Fatal("announced an address the VM never asked for")
+	}
+	if res := g.FromVM(arpRequestFrame(testVMAddr, testNotHeld), buf); res.Verdict != Drop {
+		t.Fatalf("ARP for an address no node holds: verdict %v", res.Verdict)
+	}
+	r := g.Announce(testNotHeld, buf)
+	if r == nil {
+		t.Fatal("no announcement for the address the VM asked for")
+	}
+	want := ethFrame(testVMMAC, testGatewayMAC, etherTypeARP,
+		arpPacket(arpReply, testGatewayMAC, testNotHeld, testVMMAC, testVMAddr))
+	if !bytes.Equal(r[:len(want)], want) || len(r) != arpReplyLen {
+		t.Fatalf("announcement\n got %x\nwant %x", r, want)
+	}
+	if g.Announce(testNotHeld, buf) != nil {
+		t.Fatal("announced the same address twice")
+	}
+}

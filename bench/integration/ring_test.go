@@ -68,44 +68,19 @@ func startRing(t *testing.T, vms []*ringVM) {
 	}
 }
 
-// ringConsistent reports whether each node's near neighbours, as its
-// status reports them, are the true nearest of the given nodes, and
-// returns the statuses.
+// ringConsistent checks the ring of the given VMs' nodes (see
+// testbed.RingConsistent) and returns their statuses by peer ID.
 func ringConsistent(ctx context.Context, vms []*ringVM) (map[string]node.Status, error) {
-	sts := make(map[string]node.Status)
+	var tvms []*testbed.VM
 	for _, v := range vms {
-		st, err := v.vm.Status(ctx)
-		if err != nil {
-			return nil, err
-		}
-		sts[v.id] = st
+		tvms = append(tvms, v.vm)
 	}
-	sorted := slices.Clone(vms)
-	slices.SortFunc(sorted, func(a, b *ringVM) int { return cmpStr(a.addr, b.addr) })
-	n := len(sorted)
-	k := min(routing.NearPerSide, n-1)
-	for i, v := range sorted {
-		st := sts[v.id]
-		var cw, ccw []string
-		for j := range k {
-			cw = append(cw, sorted[(i+1+j)%n].id)
-			ccw = append(ccw, sorted[(i-1-j+n)%n].id)
-		}
-		if !slices.Equal(st.Ring.NearCW, cw) || !slices.Equal(st.Ring.NearCCW, ccw) {
-			return sts, fmt.Errorf("%s (%s): near %v / %v, want %v / %v", v.vm.Name(), v.vip, st.Ring.NearCW, st.Ring.NearCCW, cw, ccw)
-		}
+	byVM, err := testbed.RingConsistent(ctx, tvms)
+	sts := make(map[string]node.Status, len(byVM))
+	for _, st := range byVM {
+		sts[st.PeerID] = st
 	}
-	return sts, nil
-}
-
-func cmpStr(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
+	return sts, err
 }
 
 // waitRingConsistent polls until the ring is consistent and returns the

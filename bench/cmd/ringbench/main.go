@@ -14,6 +14,8 @@
 //	            the raw underlay; then both tunnels with 1% underlay loss
 //	migration   the stall of a TCP stream whose VM moves, live, between
 //	            two NATed sites (median of 5 moves)
+//	join        how soon a node joining a running 24-node ring answers a
+//	            random member's ping (median of 10 joins)
 //	ring        the ring's routing code over 100 to 100,000 simulated nodes
 //	            (bench/sim): hops, links per node, messages per join, rounds
 //	            to heal after 10% of the nodes fail; no test bed needed
@@ -40,7 +42,7 @@ func main() {
 	seed := flag.Uint64("seed", 1, "random seed of the simulated ring (ring)")
 	offloads := flag.Bool("offloads", true, "open the nodes' TAP devices with offloads (tap.offloads)")
 	flag.Usage = func() {
-		fmt.Fprintf(flag.CommandLine.Output(), "usage: ringbench [flags] BENCHMARK\n\nBenchmarks: throughput, peers, ring, migration\n\nFlags:\n")
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: ringbench [flags] BENCHMARK\n\nBenchmarks: throughput, peers, ring, migration, join\n\nFlags:\n")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
@@ -66,6 +68,8 @@ func main() {
 		err = peers(ctx, opts, base, *wireguardGo, *runs, *seconds, *pings)
 	case "ring":
 		err = ring(ctx, os.Stdout, *seed)
+	case "join":
+		err = join(ctx, opts, base, 24, 10)
 	default:
 		fmt.Fprintf(os.Stderr, "ringbench: no benchmark %q\n", name)
 		flag.Usage()
