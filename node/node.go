@@ -142,6 +142,9 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger, opts ...Option) (*N
 		// The gateway's own address answers too: the VM renews its DHCP
 		// lease there.
 		Holds: func(a netip.Addr) bool { return a == gwAddr || n.ov.Holds(a) },
+		// Packets that go over several hops carry a route header.
+		PathMTU:    func(dst netip.Addr) int { return n.ov.PathMTU(dst, n.mtu) },
+		MinPathMTU: n.mtu - overlay.RingExtra,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)

@@ -41,6 +41,9 @@ const (
 	// RouteOverhead is what a routed packet carries beyond the IPv4
 	// packet: link header and tag, route header, end-to-end header and tag.
 	RouteOverhead = routeInnerOff + Overhead + TagLen
+	// RingExtra is what a routed packet carries beyond one on a link:
+	// the path MTU over the ring is this much below a link's.
+	RingExtra = RouteOverhead - Overhead
 	// routeTTL is the TTL a routed datagram starts with.
 	routeTTL = 32
 	// ringHandshakeTimeout is how long an initiator waits for the answer
@@ -107,6 +110,19 @@ func (o *Overlay) AddRingPeer(id peer.ID) error {
 	p.mu.Unlock()
 	p.wake()
 	return nil
+}
+
+// PathMTU returns the MTU of the path to the holder of dst, given the
+// MTU of a link: less while packets to it go over the ring, and 0 when
+// they do not.
+func (o *Overlay) PathMTU(dst netip.Addr, linkMTU int) int {
+	o.mu.RLock()
+	p := o.byAddr[dst]
+	o.mu.RUnlock()
+	if p != nil && Path(p.path.Load()) == PathRing {
+		return linkMTU - RingExtra
+	}
+	return 0
 }
 
 // ringControl splits a ring control message off an inner datagram.

@@ -54,6 +54,12 @@ type GatewayConfig struct {
 	// an answer. nil means every address in the subnet other than the
 	// VM's own. It is called from FromVM only, for ARP requests.
 	Holds func(addr netip.Addr) bool
+	// PathMTU, if set, returns the MTU of the path to dst when it is
+	// below MTU (a path over several overlay hops carries more headers),
+	// and 0 otherwise. It is called only for packets longer than
+	// MinPathMTU.
+	PathMTU    func(dst netip.Addr) int
+	MinPathMTU int
 }
 
 // Verdict is what the caller of FromVM does with a frame.
@@ -122,6 +128,8 @@ type Gateway struct {
 	gwMAC     [6]byte
 	mtu       int
 	holds     func(netip.Addr) bool
+	pathMTU   func(netip.Addr) int
+	minPMTU   int
 
 	// vmMAC is the VM's MAC in the low 48 bits; 0 until known. FromVM
 	// writes it, ToVM reads it.
@@ -189,7 +197,24 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 	if cfg.VMMAC != nil {
 		g.vmMAC.Store(macUint64(cfg.VMMAC))
 	}
+	if cfg.PathMTU != nil {
+		if cfg.MinPathMTU < 68 || cfg.MinPathMTU > cfg.MTU {
+			return nil, fmt.Errorf("gateway: MinPathMTU %d is outside 68..MTU", cfg.MinPathMTU)
+		}
+		g.pathMTU, g.minPMTU = cfg.PathMTU, cfg.MinPathMTU
+	}
 	return g, nil
+}
+
+// mtuTo returns the MTU of the path to dst for a packet of n bytes.
+func (g *Gateway) mtuTo(dst netip.Addr, n int) int {
+	if g.pathMTU == nil || n <= g.minPMTU {
+		return g.mtu
+	}
+	if m := g.pathMTU(dst); m > 0 && m < g.mtu {
+		return max(m, g.minPMTU)
+	}
+	return g.mtu
 }
 
 func checkUnicastMAC(mac net.HardwareAddr) error {
@@ -412,17 +437,18 @@ func (g *Gateway) ipv4FromVM(frame, replyBuf []byte) Result {
 		return g.dropFromVM(c)
 	}
 
-	if len(pkt) <= g.mtu {
+	mtu := g.mtuTo(dstAddr, len(pkt))
+	if len(pkt) <= mtu {
 		g.fromVM[fromVMForwarded].Add(1)
 		return Result{Verdict: Forward, Packet: pkt, Dst: dstAddr}
 	}
 	// The VM's interface MTU can be larger than the overlay's (its DHCP
-	// client may ignore the MTU option), so this is the normal way the
-	// VM learns the path MTU.
+	// client may ignore the MTU option), and a path over several hops
+	// carries less, so this is the normal way the VM learns the path MTU.
 	if binary.BigEndian.Uint16(pkt[6:8])&ipv4FlagDF != 0 {
-		return g.fragNeededFromVM(frame, pkt, replyBuf)
+		return g.fragNeededFromVM(frame, pkt, replyBuf, mtu)
 	}
-	frags, err := fragment(pkt, g.mtu, replyBuf)
+	frags, err := fragment(pkt, mtu, replyBuf)
 	switch {
 	case errors.Is(err, errBadOptions):
 		return g.dropFromVM(fromVMDropIPv4BadOptions)
@@ -475,8 +501,8 @@ const (
 )
 
 // fragNeededFromVM answers a too-big DF packet with ICMP "fragmentation
-// needed" carrying the overlay MTU, so the VM's kernel lowers its path MTU.
-func (g *Gateway) fragNeededFromVM(frame, pkt, replyBuf []byte) Result {
+// needed" carrying the path's MTU, so the VM's kernel lowers its path MTU.
+func (g *Gateway) fragNeededFromVM(frame, pkt, replyBuf []byte, mtu int) Result {
 	ihl := int(pkt[0]&0x0f) * 4
 	// RFC 1812 4.3.2.7: no ICMP error about a non-first fragment or
 	// about an ICMP error. pkt is longer than the MTU (>= 68), so the
@@ -522,7 +548,7 @@ func (g *Gateway) fragNeededFromVM(frame, pkt, replyBuf []byte) Result {
 	icmp[1] = icmpCodeFragNeeded
 	binary.BigEndian.PutUint16(icmp[2:4], 0)
 	binary.BigEndian.PutUint16(icmp[4:6], 0)
-	binary.BigEndian.PutUint16(icmp[6:8], uint16(g.mtu))
+	binary.BigEndian.PutUint16(icmp[6:8], uint16(mtu))
 	copy(icmp[icmpHeaderLen:], quote)
 	binary.BigEndian.PutUint16(icmp[2:4], checksum(icmp, 0))
 

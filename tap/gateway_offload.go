@@ -92,9 +92,10 @@ func (g *Gateway) fromVMOffload(hdr VirtioNetHdr, frame, replyBuf []byte) Result
 	if hl > len(pkt) || ipHdr.Validate(pkt) != nil {
 		return g.dropFromVM(fromVMDropBadVnetHdr)
 	}
-	if hl+min(int(hdr.GSOSize), len(pkt)-hl) > g.mtu {
+	seg := hl + min(int(hdr.GSOSize), len(pkt)-hl)
+	if mtu := g.mtuTo(dst, seg); seg > mtu {
 		if binary.BigEndian.Uint16(pkt[6:8])&ipv4FlagDF != 0 {
-			return g.fragNeededFromVM(frame, pkt, replyBuf)
+			return g.fragNeededFromVM(frame, pkt, replyBuf, mtu)
 		}
 		return g.dropFromVM(fromVMDropGSOTooBig)
 	}

@@ -700,3 +700,45 @@ func TestAnnounceTellsTheVMAnAddressItAskedFor(t *testing.T) {
 		t.Fatal("announced the same address twice")
 	}
 }
+
+func TestPathMTUBelowTheLinkMTU(t *testing.T) {
+	cfg := testGatewayConfig()
+	far := netip.MustParseAddr("10.128.3.8")
+	const ringMTU = testMTU - 74
+	cfg.MinPathMTU = ringMTU
+	cfg.PathMTU = func(dst netip.Addr) int {
+		if dst == far {
+			return ringMTU
+		}
+		return 0
+	}
+	g, err := NewGateway(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, ReplyBufLen)
+	// 1350 bytes fit either path; 1380 only the direct one.
+	if r := g.FromVM(toGateway(udpTo(far, ringMTU-28, ipv4FlagDF)), buf); r.Verdict != Forward {
+		t.Fatalf("packet at the path MTU: %v", r.Verdict)
+	}
+	if r := g.FromVM(toGateway(udpTo(testPeer, testMTU-28, ipv4FlagDF)), buf); r.Verdict != Forward {
+		t.Fatalf("packet at the link MTU on a direct path: %v", r.Verdict)
+	}
+	r := g.FromVM(toGateway(udpTo(far, testMTU-28, ipv4FlagDF)), buf)
+	if r.Verdict != Reply {
+		t.Fatalf("DF packet over the path MTU: %v, want frag needed", r.Verdict)
+	}
+	icmp := r.Reply[EthHeaderLen+ipv4MinHeaderLen:]
+	if got := binary.BigEndian.Uint16(icmp[6:8]); icmp[0] != icmpDestUnreachable || got != ringMTU {
+		t.Fatalf("ICMP type %d, next-hop MTU %d; want 3 and %d", icmp[0], got, ringMTU)
+	}
+	r = g.FromVM(toGateway(udpTo(far, testMTU-28, 0)), buf)
+	if r.Verdict != ForwardFragments {
+		t.Fatalf("packet over the path MTU without DF: %v, want fragments", r.Verdict)
+	}
+	for _, f := range r.Fragments {
+		if len(f) > ringMTU {
+			t.Fatalf("fragment of %d bytes over the path MTU %d", len(f), ringMTU)
+		}
+	}
+}
