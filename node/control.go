@@ -190,7 +190,7 @@ func (n *Node) Status() Status {
 		case p.Path == overlay.PathRing:
 			ps.Link = "routed"
 		default:
-			ps.Link = "inbound"
+			ps.Link = "direct"
 		}
 		if len(p.Addrs) > 0 {
 			ps.VirtualIP = p.Addrs[0].String()

@@ -70,7 +70,9 @@ type PeerStatus struct {
 	VirtualIP string `json:"virtual_ip,omitempty"`
 	// Link is the kind of link: "static" for a configured peer, "ring"
 	// for a ring link (see ring.links for its kinds), "routed" for a
-	// peer reached over the ring, "inbound" for one that linked to us.
+	// peer reached over the ring, "direct" for a link outside the ring's
+	// table (the peer dialled us, or a former ring link that still
+	// carries packets).
 	Link string `json:"link"`
 	// Path is how packets travel: "udp", "stream" (libp2p fallback) or
 	// "none" while no session is up.

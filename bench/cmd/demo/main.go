@@ -1,6 +1,7 @@
-// Command demo shows ringnet at work: three VMs, each at a site of its own,
-// reach each other by their virtual addresses through the overlay, and a
-// fourth, behind a NAT, gets its address by DHCP from its node. It builds
+// Command demo shows ringnet at work: nine VMs at three sites join one ring
+// through a single bootstrap node and reach each other by their virtual
+// addresses, over multi-hop paths where they have no link of their own;
+// and a tenth, behind a NAT, gets its address by DHCP from its node. It builds
 // them as network namespaces (bench/testbed), so it needs root, and removes
 // everything when it ends. scripts/demo builds ringnet and runs it.
 package main
@@ -12,8 +13,10 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/ringnet/ringnet/bench/testbed"
 	"github.com/ringnet/ringnet/node"
@@ -56,12 +59,22 @@ func run(ctx context.Context, ringnet, runID string) error {
 		{name: "alice", site: "paris", vip: "10.128.0.1"},
 		{name: "bob", site: "tokyo", vip: "10.128.0.2"},
 		{name: "carol", site: "lima", vip: "10.128.0.3"},
+		{name: "erin", site: "paris", vip: "10.128.0.5"},
+		{name: "frank", site: "tokyo", vip: "10.128.0.6"},
+		{name: "grace", site: "lima", vip: "10.128.0.7"},
+		{name: "heidi", site: "paris", vip: "10.128.0.8"},
+		{name: "ivan", site: "tokyo", vip: "10.128.0.9"},
+		{name: "judy", site: "lima", vip: "10.128.0.10"},
 	}
 	say("Building a small internet in network namespaces (run %s): a core router and three sites.", bed.RunID())
+	sites := make(map[string]*testbed.Site)
 	for _, m := range members {
-		site, err := bed.AddSite(ctx, m.site, testbed.NATNone)
-		if err != nil {
-			return err
+		site := sites[m.site]
+		if site == nil {
+			if site, err = bed.AddSite(ctx, m.site, testbed.NATNone); err != nil {
+				return err
+			}
+			sites[m.site] = site
 		}
 		if m.vm, err = bed.AddVM(ctx, site, m.name); err != nil {
 			return err
@@ -73,34 +86,69 @@ func run(ctx context.Context, ringnet, runID string) error {
 		say("  VM %-5s at site %-5s: underlay address %v, ringnet peer ID %s", m.name, m.site, m.vm.UnderlayIP(), id)
 	}
 
-	say("\nStarting a ringnet node in each VM, with the other two as static peers.")
+	boot, err := members[0].vm.BootstrapAddr(ctx)
+	if err != nil {
+		return err
+	}
+	say("\nStarting a ringnet node in each VM. %s's starts the ring; every other node is", members[0].name)
+	say("given only one bootstrap address, %s's:\n  bootstrap = [\"%s\"]", members[0].name, boot)
 	vms, vips := make([]*testbed.VM, len(members)), make([]string, len(members))
 	for i, m := range members {
 		vms[i], vips[i] = m.vm, m.vip+"/16"
 	}
-	if err := testbed.StartMesh(ctx, node.Config{}, vms, vips); err != nil {
+	if err := testbed.StartRing(ctx, node.Config{}, vms, vips); err != nil {
 		bed.DumpLogs(30)
 		return err
 	}
-	for _, m := range members {
-		say("  %-5s: node up, TAP device %s with virtual address %s/16 (log: %s)", m.name, testbed.TAPName, m.vip, m.vm.LogPath())
+	if err := waitRing(ctx, vms); err != nil {
+		bed.DumpLogs(30)
+		return err
+	}
+	a := members[0]
+	st, err := a.vm.Status(ctx)
+	if err != nil {
+		return err
+	}
+	say("  The nodes found their places on the ring by themselves. %s's node (ringnet status):", a.name)
+	say("    ring address %s…, about %.0f nodes", st.Ring.Addr[:16], st.Ring.EstimateN)
+	for _, l := range st.Ring.Links {
+		say("    link to %-5s %s: kept for %s by %s, for %s by the other end", nameOf(members, l.PeerID), l.Addr[:12]+"…", l.Kinds, a.name, l.PeerKinds)
 	}
 
-	say("\nEach VM pings the others' virtual addresses; the packets travel through ringnet.")
+	say("\nEach VM pings the others' virtual addresses; the packets travel through ringnet,")
+	say("over a link where two nodes have one, and over the ring (several hops) where not.")
 	for _, m := range members {
+		var sent, got int
+		var rtt float64
 		for _, o := range members {
 			if o == m {
 				continue
 			}
-			r, err := m.vm.Ping(ctx, o.vip, "-c", "3", "-i", "0.2", "-W", "2")
+			if err := m.vm.WaitReachable(ctx, o.vip); err != nil {
+				return err
+			}
+			r, err := m.vm.Ping(ctx, o.vip, "-c", "2", "-i", "0.2", "-W", "2")
 			if err != nil {
 				return err
 			}
-			say("  %-5s -> %-5s (%s): %d of %d replies, average round trip %.3f ms", m.name, o.name, o.vip, r.Received, r.Transmitted, r.AvgRTTMs)
+			sent, got, rtt = sent+r.Transmitted, got+r.Received, rtt+r.AvgRTTMs*float64(r.Received)
+		}
+		say("  %-5s -> the %d others: %d of %d replies, average round trip %.3f ms", m.name, len(members)-1, got, sent, rtt/float64(max(got, 1)))
+	}
+
+	if st, err = a.vm.Status(ctx); err != nil {
+		return err
+	}
+	say("\nWhat %s's node reports about its peers (ringnet status):", a.name)
+	b := members[1]
+	for _, p := range st.Peers {
+		say("  %-5s: link %-6s path %-4s %d hop(s), round trip %.3f ms, %d packets sent, %d received",
+			nameOf(members, p.PeerID), p.Link, p.Path, p.Hops, p.RTTMs, p.TxPackets, p.RxPackets)
+		if p.Link == "routed" {
+			b = members[slices.IndexFunc(members, func(m *member) bool { return m.name == nameOf(members, p.PeerID) })]
 		}
 	}
 
-	a, b := members[0], members[1]
 	say("\nA 3-second TCP transfer with iperf3 from %s to %s through the overlay.", a.name, b.name)
 	if _, err := b.vm.StartIperf3Server(true); err != nil {
 		return err
@@ -111,19 +159,38 @@ func run(ctx context.Context, ringnet, runID string) error {
 	}
 	say("  %s received %.1f MB in %.1f s: %.2f Gbit/s.", b.name, float64(r.Bytes)/1e6, r.Seconds, r.BitsPerSecond/1e9)
 
-	st, err := a.vm.Status(ctx)
-	if err != nil {
-		return err
-	}
-	say("\nWhat %s's node reports (ringnet status):", a.name)
-	for _, p := range st.Peers {
-		say("  peer %s: link %s, path %s, %d packets sent, %d received", p.PeerID, p.Link, p.Path, p.TxPackets, p.RxPackets)
-	}
 	if err := dhcpDemo(ctx, bed, a); err != nil {
 		return err
 	}
-	say("\nDone: four VMs at four sites talked over their virtual addresses through ringnet.")
+	say("\nDone: ten VMs at four sites talked over their virtual addresses through ringnet.")
 	return nil
+}
+
+// waitRing waits until every node's near neighbours are the true ones.
+func waitRing(ctx context.Context, vms []*testbed.VM) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for {
+		_, err := testbed.RingConsistent(ctx, vms)
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the ring did not settle: %w", err)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// nameOf returns the name of the member with peer ID id.
+func nameOf(members []*member, id string) string {
+	for _, m := range members {
+		if got, err := m.vm.PeerID(context.Background()); err == nil && got == id {
+			return m.name
+		}
+	}
+	return id
 }
 
 // udhcpcScript configures only the VM's own interface with what the DHCP
@@ -141,8 +208,10 @@ esac
 // TAP unconfigured, and the VM's own DHCP client asks the node for its
 // address.
 func dhcpDemo(ctx context.Context, bed *testbed.Bed, peer *member) error {
-	say("\nA fourth VM, dave, boots like an appliance behind a NAT: its node leaves the TAP")
+	say("\nA tenth VM, dave, boots like an appliance behind a NAT: its node leaves the TAP")
 	say("unconfigured, and dave's own DHCP client (busybox udhcpc) asks the node for an address.")
+	say("(Nodes behind NATs join the ring once NAT traversal lands; until then dave keeps a")
+	say("static link to %s.)", peer.name)
 	site, err := bed.AddSite(ctx, "oslo", testbed.NATCone)
 	if err != nil {
 		return err
