@@ -190,3 +190,31 @@ func TestSealAndOpenDoNotAllocate(t *testing.T) {
 		t.Fatalf("seal and open allocate %.1f times per datagram", allocs)
 	}
 }
+
+// FuzzVIPMsg decodes arbitrary address record messages: what decodes
+// encodes back to the same bytes.
+func FuzzVIPMsg(f *testing.F) {
+	key, _, _ := crypto.GenerateEd25519Key(nil)
+	id, _ := peer.IDFromPrivateKey(key)
+	for _, op := range []byte{vipRegister, vipLookup, vipAnswer, vipHandover} {
+		m := vipMsg{Op: op, IP: netip.MustParseAddr("10.128.0.7"), Peer: id, TTL: 60}
+		b, err := m.MarshalBinary()
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var m vipMsg
+		if m.UnmarshalBinary(b) != nil {
+			return
+		}
+		again, err := m.MarshalBinary()
+		if err != nil {
+			t.Fatalf("decoded %+v does not encode: %v", m, err)
+		}
+		if !bytes.Equal(again, b) {
+			t.Fatalf("round trip:\n got %x\nwant %x", again, b)
+		}
+	})
+}

@@ -129,3 +129,60 @@ func TestRingRepairsAfterFailures(t *testing.T) {
 	reach(t, alive[0], alive[len(alive)-1], 10*time.Second)
 	reach(t, alive[3], alive[1], 10*time.Second)
 }
+
+// TestRingRefusesLyingControlMessages sends a ring node control messages
+// that lie or do not parse: each is dropped and counted, and none makes a
+// link.
+func TestRingRefusesLyingControlMessages(t *testing.T) {
+	n := ringNodes(t, 1)[0]
+	liar := newTestNode(t, "10.128.0.99", 0)
+	other := newTestNode(t, "10.128.0.98", 0)
+	if err := liar.Host().Connect(t.Context(), peer.AddrInfo{ID: n.ID(), Addrs: n.Host().Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	send := func(typ byte, body []byte) {
+		t.Helper()
+		st, err := liar.Host().NewStream(t.Context(), n.ID(), ringProtocol)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.Write(append([]byte{typ}, body...))
+		st.Close()
+	}
+	list := func(sender peer.ID) []byte {
+		m := routing.NeighbourList{Kinds: routing.Near, Seq: 1, Sender: sender, Addr: routing.AddrFromPeer(sender),
+			Neighbours: []routing.Neighbour{{Peer: other.ID(), Addr: routing.AddrFromPeer(other.ID())}}}
+		b, err := m.MarshalBinary()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	lyingEntry := list(liar.ID())
+	lyingEntry[len(lyingEntry)-1] ^= 1 // the neighbour's ring address
+	answer := routing.ConnectToMe{Kind: routing.Far, TTL: 1, Requester: liar.ID(), Addr: routing.AddrFromPeer(liar.ID()),
+		Target: routing.AddrFromPeer(other.ID())}
+	unasked, err := answer.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	send(ctlList, list(other.ID())) // sent by liar, claims to be other
+	send(ctlList, lyingEntry)
+	send(ctlList, []byte{1, 2, 3})
+	send(9, nil)
+	send(ctlAnswer, unasked)
+	want := map[string]uint64{"lying": 1, "wrong_ring_address": 1, "malformed": 2, "answers_unsolicited": 1}
+	waitFor(t, "every message counted", func() bool {
+		st, _ := n.Ring()
+		for k, v := range want {
+			if st.Counters[k] != v {
+				return false
+			}
+		}
+		return true
+	})
+	if st, _ := n.Ring(); len(st.Links) != 0 {
+		t.Fatalf("lying messages made links: %+v", st.Links)
+	}
+}
