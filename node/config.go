@@ -13,6 +13,8 @@ import (
 	"github.com/BurntSushi/toml"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/multiformats/go-multiaddr"
+
+	"github.com/ringnet/ringnet/routing"
 )
 
 // Config is a node's configuration file (TOML). docs/operations.md documents
@@ -28,9 +30,26 @@ type Config struct {
 	// ending in /p2p/<peer ID>. One reachable node is enough; a node
 	// with none starts a ring of its own that others join.
 	Bootstrap []string `toml:"bootstrap"`
+	// Shortcuts tunes when nodes that talk over the ring link directly.
+	Shortcuts ShortcutConfig `toml:"shortcuts"`
 	// Peers are nodes to keep a direct link to, outside the ring's
 	// policy.
 	Peers []Peer `toml:"peer"`
+}
+
+// ShortcutConfig is the shortcut policy (routing.ShortcutPolicy); zero
+// values take the defaults.
+type ShortcutConfig struct {
+	// Threshold is the traffic score, in packets, that asks for a
+	// shortcut (default 20).
+	Threshold float64 `toml:"threshold,omitempty"`
+	// HalfLife is how fast the score forgets, such as "10s" (default).
+	HalfLife string `toml:"half_life,omitempty"`
+	// IdleTimeout drops a shortcut that carried nothing for so long
+	// (default "2m").
+	IdleTimeout string `toml:"idle_timeout,omitempty"`
+	// Max bounds the shortcuts a node keeps (default 8).
+	Max int `toml:"max,omitempty"`
 }
 
 // TAPConfig describes the VM's side: its TAP device and virtual address.
@@ -211,6 +230,9 @@ func (c *Config) Validate() error {
 	if _, err := c.BootstrapPeers(); err != nil {
 		return err
 	}
+	if _, err := c.ShortcutPolicy(); err != nil {
+		return err
+	}
 	seen := make(map[peer.ID]bool)
 	for i, p := range c.Peers {
 		field := fmt.Sprintf("peer[%d]", i)
@@ -232,6 +254,41 @@ func (c *Config) Validate() error {
 		}
 	}
 	return nil
+}
+
+// ShortcutPolicy returns the shortcuts section parsed, defaults filled in.
+func (c *Config) ShortcutPolicy() (routing.ShortcutPolicy, error) {
+	p := routing.DefaultShortcutPolicy
+	sc := c.Shortcuts
+	if sc.Threshold < 0 || sc.Threshold > 1e9 {
+		return p, fieldErr("shortcuts.threshold", "%v is outside 0..1e9 packets", sc.Threshold)
+	}
+	if sc.Threshold > 0 {
+		p.Threshold = sc.Threshold
+	}
+	for _, d := range []struct {
+		field, value string
+		into         *time.Duration
+	}{
+		{"shortcuts.half_life", sc.HalfLife, &p.HalfLife},
+		{"shortcuts.idle_timeout", sc.IdleTimeout, &p.IdleTimeout},
+	} {
+		if d.value == "" {
+			continue
+		}
+		v, err := time.ParseDuration(d.value)
+		if err != nil || v < time.Second || v > 24*time.Hour {
+			return p, fieldErr(d.field, "%q is not a duration from 1s to 24h", d.value)
+		}
+		*d.into = v
+	}
+	if sc.Max < 0 || sc.Max > routing.MaxLinks {
+		return p, fieldErr("shortcuts.max", "%d is outside 0..%d", sc.Max, routing.MaxLinks)
+	}
+	if sc.Max > 0 {
+		p.Max = sc.Max
+	}
+	return p, nil
 }
 
 // BootstrapPeers returns the bootstrap list parsed.

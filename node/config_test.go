@@ -45,6 +45,10 @@ func TestParseConfigErrorsNameTheField(t *testing.T) {
 		{"duplicate peer", base + "[tap]\naddress = \"10.128.0.1/16\"\n" +
 			"[[peer]]\nid = \"" + peerID + "\"\naddrs = [\"/ip4/1.2.3.4/tcp/1\"]\n" +
 			"[[peer]]\nid = \"" + peerID + "\"\naddrs = [\"/ip4/1.2.3.4/tcp/1\"]\n", "peer[1].id"},
+		{"bootstrap without peer ID", "bootstrap = [\"/ip4/1.2.3.4/tcp/4150\"]\n" + base + "[tap]\naddress = \"10.128.0.1/16\"\n", "bootstrap[0]"},
+		{"shortcut idle timeout", base + "[tap]\naddress = \"10.128.0.1/16\"\n[shortcuts]\nidle_timeout = \"never\"\n", "shortcuts.idle_timeout"},
+		{"shortcut cap", base + "[tap]\naddress = \"10.128.0.1/16\"\n[shortcuts]\nmax = 99\n", "shortcuts.max"},
+		{"shortcut threshold", base + "[tap]\naddress = \"10.128.0.1/16\"\n[shortcuts]\nthreshold = -1.0\n", "shortcuts.threshold"},
 		{"unknown field", base + "colour = \"blue\"\n[tap]\naddress = \"10.128.0.1/16\"\n", "colour"},
 		{"unknown nested field", base + "[tap]\naddress = \"10.128.0.1/16\"\nspeed = 3\n", "tap.speed"},
 	}

@@ -151,6 +151,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger, opts ...Option) (*N
 	}
 	dataAddr, _ := netip.ParseAddrPort(cfg.Listen.Data) // validated
 	boot, _ := cfg.BootstrapPeers()                     // validated
+	shortcuts, _ := cfg.ShortcutPolicy()                // validated
 	n.ov, err = overlay.New(ctx, overlay.Config{
 		Identity:       key,
 		ControlAddrs:   cfg.Listen.Control,
@@ -160,6 +161,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger, opts ...Option) (*N
 		Ring:           true,
 		Bootstrap:      boot,
 		PeersFile:      filepath.Join(cfg.StateDir, "peers.json"),
+		Shortcuts:      shortcuts,
 		NewReceiver:    n.newReceiver,
 		AddrsLearned:   n.announce,
 		Logger:         log,

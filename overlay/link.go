@@ -116,8 +116,12 @@ type Peer struct {
 	// rxControl counts authenticated pings and pongs; with rxPackets it
 	// tells the link loop whether the peer was heard (lastHeard).
 	rxControl atomic.Uint64
-	lastRx    uint64    // rxPackets+rxControl at the last tick; p.mu
-	lastHeard time.Time // when that sum last moved; p.mu
+	// firstRingTx is when the first data packet went to the peer over the
+	// ring (unix ns, 0 for none since the last shortcut); directAt when the
+	// link's path last became UDP or stream: a shortcut's time to direct.
+	firstRingTx, directAt atomic.Int64
+	lastRx                uint64    // rxPackets+rxControl at the last tick; p.mu
+	lastHeard             time.Time // when that sum last moved; p.mu
 
 	rekeys                                 atomic.Uint64
 	txPackets, txBytes, rxPackets, rxBytes atomic.Uint64
@@ -193,11 +197,7 @@ func (p *Peer) tick(ctx context.Context) {
 		p.tickRing(now)
 		return
 	}
-	if connected && p.currentViaRing() {
-		// A link came up under a session over the ring: the link's own
-		// handshake gives it keys and a UDP endpoint.
-		p.requestRekey("link up")
-	}
+
 	if !connected && static {
 		dctx, cancel := context.WithTimeout(ctx, dialTimeout)
 		err := h.Connect(dctx, peer.AddrInfo{ID: p.id})
@@ -209,7 +209,9 @@ func (p *Peer) tick(ctx context.Context) {
 		}
 		connected = true
 	}
-	if connected && p.wantHandshake(now) {
+	// A link that came up under a session over the ring handshakes at
+	// once: the link's own session gives it keys and a UDP endpoint.
+	if connected && (p.wantHandshake(now) || p.currentViaRing()) {
 		if err := p.initiate(ctx); err != nil {
 			p.o.log.Warn("handshake failed", "peer", p.id, "err", err)
 		}
@@ -440,8 +442,10 @@ func (p *Peer) updatePath(now time.Time, connected bool) {
 	udpOK := p.udpConfirmed(now) && !(sending && now.Sub(p.roundTrip) >= sendTimeout)
 	p.mu.Unlock()
 	next := PathNone
-	switch {
-	case p.sendSession.Load() == nil:
+	switch s := p.sendSession.Load(); {
+	case s == nil:
+	case s.viaRing:
+		next = PathRing // until the link's own session is up
 	case udpOK:
 		next = PathUDP
 	case connected:
@@ -449,6 +453,9 @@ func (p *Peer) updatePath(now time.Time, connected bool) {
 	}
 	prev := Path(p.path.Swap(int32(next)))
 	if prev != next {
+		if prev == PathRing || prev == PathNone {
+			p.directAt.Store(now.UnixNano())
+		}
 		if prev == PathUDP {
 			p.mu.Lock()
 			p.udpDownAt = now
@@ -490,6 +497,9 @@ func (p *Peer) send(typ byte, buf []byte, n int) error {
 		if err == nil && typ == typeData {
 			p.txPackets.Add(1)
 			p.txBytes.Add(uint64(n))
+			if p.firstRingTx.Load() == 0 {
+				p.firstRingTx.CompareAndSwap(0, time.Now().UnixNano())
+			}
 		}
 		return err
 	}

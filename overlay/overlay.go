@@ -73,6 +73,9 @@ type Config struct {
 	Ring bool
 	// Bootstrap are nodes to join the ring through (with Ring).
 	Bootstrap []peer.AddrInfo
+	// Shortcuts is the shortcut policy (with Ring); zero fields take
+	// routing.DefaultShortcutPolicy's.
+	Shortcuts routing.ShortcutPolicy
 	// PeersFile, if set, is where the node remembers its ring links, to
 	// rejoin through them after a restart before trying Bootstrap.
 	PeersFile string

@@ -89,6 +89,7 @@ type request struct {
 	kind routing.Kind
 	sent time.Time
 	farN float64 // for far links: the estimate of N the target was drawn for
+	peer peer.ID // for shortcuts: the node asked
 }
 
 // told is what a link last heard from this node.
@@ -126,6 +127,10 @@ type ringManager struct {
 	activity   map[peer.ID]activity
 	rounds     int
 
+	// Shortcuts (shortcut.go).
+	shortcuts *routing.Shortcuts
+	counted   map[peer.ID]uint64 // packets each peer had at the last count
+
 	vips resolver
 
 	counters ringCounters
@@ -141,6 +146,8 @@ type ringCounters struct {
 	connectSent, connectAnswered, connectRefused, connectBusy atomic.Uint64
 	answersUnsolicited, linksUp, linksDown, listsSent         atomic.Uint64
 	listsStale, lying, bootstrapFailed, dialFailed            atomic.Uint64
+	shortcutsFormed, shortcutsFailed, shortcutsDropped        atomic.Uint64
+	timeToDirectMs                                            atomic.Int64 // the last shortcut's
 }
 
 func newRingManager(o *Overlay) *ringManager {
@@ -158,6 +165,8 @@ func newRingManager(o *Overlay) *ringManager {
 		answered:   make(map[answerKey]time.Time),
 		dialFailed: make(map[peer.ID]time.Time),
 		activity:   make(map[peer.ID]activity),
+		shortcuts:  routing.NewShortcuts(shortcutPolicy(o.cfg.Shortcuts)),
+		counted:    make(map[peer.ID]uint64),
 	}
 	r.vips.init()
 	if path := o.cfg.PeersFile; path != "" {
@@ -173,6 +182,30 @@ func newRingManager(o *Overlay) *ringManager {
 		}
 	}
 	return r
+}
+
+// shortcutPolicy fills p's zero fields with the defaults.
+func shortcutPolicy(p routing.ShortcutPolicy) routing.ShortcutPolicy {
+	d := routing.DefaultShortcutPolicy
+	if p.Threshold <= 0 {
+		p.Threshold = d.Threshold
+	}
+	if p.HalfLife <= 0 {
+		p.HalfLife = d.HalfLife
+	}
+	if p.IdleTimeout <= 0 {
+		p.IdleTimeout = d.IdleTimeout
+	}
+	if p.Max <= 0 {
+		p.Max = d.Max
+	}
+	if p.RetryAfter <= 0 {
+		p.RetryAfter = d.RetryAfter
+	}
+	if p.MaxRetryAfter <= 0 {
+		p.MaxRetryAfter = d.MaxRetryAfter
+	}
+	return p
 }
 
 // start registers the control protocol and runs the maintenance loop.
@@ -209,6 +242,7 @@ func (r *ringManager) loop(ctx context.Context) {
 			return
 		case now := <-lookups.C:
 			r.retryLookups(now)
+			r.countTraffic(ctx, now)
 			continue
 		case <-t.C:
 		case <-r.wakeCh:
@@ -283,7 +317,16 @@ func (r *ringManager) round(ctx context.Context) {
 	for a, q := range r.pending {
 		if now.Sub(q.sent) > requestTimeout {
 			delete(r.pending, a)
+			if q.kind == routing.Shortcut {
+				r.shortcuts.Failed(q.peer, now)
+				r.counters.shortcutsFailed.Add(1)
+			}
 		}
+	}
+	for _, id := range r.shortcuts.Drop(now) {
+		r.t.Clear(id, routing.Shortcut)
+		r.counters.shortcutsDropped.Add(1)
+		r.o.log.Info("shortcut idle: dropped", "peer", id)
 	}
 	for k, at := range r.answered {
 		if now.Sub(at) > answerGap {
@@ -500,6 +543,7 @@ func (r *ringManager) dropLinkLocked(id peer.ID) {
 	if r.t.Remove(id) {
 		r.counters.linksDown.Add(1)
 	}
+	r.shortcuts.Unlinked(id)
 	r.forgetLocked(id)
 }
 
@@ -524,7 +568,9 @@ func (r *ringManager) alive(id peer.ID, now time.Time) bool {
 }
 
 // closeLink closes the connection of a link neither side wants, unless a
-// statically configured link shares it.
+// statically configured link shares it. A peer that no packets flow to
+// goes with it; one that packets flow to keeps its session, over UDP
+// while that works and over the ring after.
 func (r *ringManager) closeLink(id peer.ID) {
 	r.o.mu.RLock()
 	p := r.o.peers[id]
@@ -538,6 +584,12 @@ func (r *ringManager) closeLink(id peer.ID) {
 		}
 	}
 	r.o.host.Network().ClosePeer(id)
+	r.mu.Lock()
+	idle := r.shortcuts.Score(id, time.Now()) < 1
+	r.mu.Unlock()
+	if p != nil && idle {
+		r.o.removePeer(p)
+	}
 }
 
 // pushesLocked returns the lists that links must hear: their kinds or
@@ -680,11 +732,20 @@ func (r *ringManager) onAnswer(m *routing.ConnectToMe) {
 		r.counters.answersUnsolicited.Add(1)
 		return
 	}
+	if m.Kind == routing.Shortcut && m.Requester != q.peer {
+		r.counters.answersUnsolicited.Add(1) // only the node asked may answer
+		return
+	}
 	// A join's request has two answers, one from each side; others one.
 	if m.Target != r.t.Self().Addr {
 		delete(r.pending, m.Target)
 	}
 	r.addLinkLocked(m.Requester, m.Kind, q.farN)
+	if m.Kind == routing.Shortcut {
+		r.shortcuts.Linked(m.Requester, time.Now())
+		r.counters.shortcutsFormed.Add(1)
+		r.o.log.Info("shortcut formed", "peer", m.Requester)
+	}
 }
 
 // control handles a ring control message routed to this node, or to an
@@ -719,7 +780,14 @@ func (r *ringManager) onConnect(rh routing.Header, m *routing.ConnectToMe, neare
 	r.mu.Lock()
 	key := answerKey{m.Requester, m.Target}
 	_, recent := r.answered[key]
-	refuse := m.Kind == routing.Shortcut || (m.Kind == routing.Far && (!nearest || !r.t.AcceptFar(m.Requester)))
+	var refuse bool
+	switch m.Kind {
+	case routing.Far:
+		refuse = !nearest || !r.t.AcceptFar(m.Requester)
+	case routing.Shortcut:
+		// Only the node itself answers, and only below the link cap.
+		refuse = m.Target != self.Addr || !r.t.AcceptFar(m.Requester)
+	}
 	if !recent && !refuse {
 		r.answered[key] = time.Now()
 	}
@@ -914,6 +982,10 @@ func (o *Overlay) Ring() (st RingStatus, ok bool) {
 		"lying":               c.lying.Load(),
 		"bootstrap_failed":    c.bootstrapFailed.Load(),
 		"dial_failed":         c.dialFailed.Load(),
+		"shortcuts_formed":    c.shortcutsFormed.Load(),
+		"shortcuts_failed":    c.shortcutsFailed.Load(),
+		"shortcuts_dropped":   c.shortcutsDropped.Load(),
+		"time_to_direct_ms":   uint64(max(0, c.timeToDirectMs.Load())),
 		"malformed":           r.drops.Malformed.Load(),
 		"bad_version":         r.drops.Version.Load(),
 		"ttl_zero":            r.drops.TTL.Load(),

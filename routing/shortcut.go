@@ -189,7 +189,9 @@ func (s *Shortcuts) Drop(now time.Time) []peer.ID {
 		out = append(out, linked[:over]...)
 	}
 	for _, id := range out {
-		s.peers[id].linked = false
+		// The peer earns its next shortcut with new traffic.
+		st := s.peers[id]
+		st.linked, st.score = false, 0
 	}
 	return out
 }

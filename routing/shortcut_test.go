@@ -93,6 +93,9 @@ func TestShortcutIdleAndCapDrop(t *testing.T) {
 	if got := s.Drop(later); !slices.Equal(got, []peer.ID{c}) {
 		t.Fatalf("dropped %v, want the idle one", got)
 	}
+	if w := s.Want(later); len(w) != 0 {
+		t.Fatalf("a dropped shortcut is wanted again without new traffic: %v", w)
+	}
 	s.Forget(later.Add(time.Hour))
 	if len(s.peers) != 1 {
 		t.Fatalf("forgot down to %d peers, want the linked one", len(s.peers))

@@ -189,6 +189,15 @@ func (t *Table) Remove(p peer.ID) bool {
 	return true
 }
 
+// Clear records that this node no longer keeps the link to p for kinds
+// (a shortcut gone idle); Tidy closes the link if nothing else keeps it.
+func (t *Table) Clear(p peer.ID, kinds Kind) {
+	if l := t.Link(p); l != nil && l.Kinds&kinds != 0 {
+		l.Kinds &^= kinds
+		t.changed()
+	}
+}
+
 // SetNeighbours records the link list p advertised.
 func (t *Table) SetNeighbours(p peer.ID, list []Neighbour) {
 	if l := t.Link(p); l != nil {

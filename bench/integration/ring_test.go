@@ -46,7 +46,7 @@ func newRingBed(t *testing.T, n, sites int) (*testbed.Bed, []*ringVM) {
 	return bed, vms
 }
 
-func startRing(t *testing.T, vms []*ringVM) {
+func startRing(t *testing.T, base node.Config, vms []*ringVM) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
@@ -56,7 +56,7 @@ func startRing(t *testing.T, vms []*ringVM) {
 		tvms = append(tvms, v.vm)
 		vips = append(vips, v.vip+"/16")
 	}
-	if err := testbed.StartRing(ctx, node.Config{}, tvms, vips); err != nil {
+	if err := testbed.StartRing(ctx, base, tvms, vips); err != nil {
 		t.Fatal(err)
 	}
 	for _, v := range vms {
@@ -170,7 +170,7 @@ func TestRingOf24(t *testing.T) {
 			bed.DumpLogs(30)
 		}
 	}()
-	startRing(t, vms)
+	startRing(t, node.Config{}, vms)
 	sts, took := waitRingConsistent(t, vms, 60*time.Second)
 	t.Logf("24 nodes joined; ring consistent %v after the last start", took.Round(100*time.Millisecond))
 	time.Sleep(2 * time.Second) // the last lists in flight
