@@ -57,6 +57,9 @@ const (
 	requestTimeout = 3 * time.Second
 	// answerGap rate-limits answers to one requester for one target.
 	answerGap = 2 * time.Second
+	// answerDialTimeout bounds the dial that answers a request; after it
+	// the requester is asked to dial instead.
+	answerDialTimeout = 2 * time.Second
 	// maxAnswerDials bounds the dials a node makes at once to answer
 	// requests: a flood of requests costs it no more than that.
 	maxAnswerDials = 8
@@ -147,6 +150,7 @@ type ringCounters struct {
 	answersUnsolicited, linksUp, linksDown, listsSent         atomic.Uint64
 	listsStale, lying, bootstrapFailed, dialFailed            atomic.Uint64
 	shortcutsFormed, shortcutsFailed, shortcutsDropped        atomic.Uint64
+	dialMeSent                                                atomic.Uint64
 	timeToDirectMs                                            atomic.Int64 // the last shortcut's
 }
 
@@ -477,11 +481,17 @@ func (r *ringManager) bootstrapLocked(ctx context.Context, now time.Time) {
 
 // connectToMe encodes a request for kind at target, with this node's
 // control endpoints.
+// A node that is not yet in the ring names the node its request goes
+// through (its leaf link) as the relay for dial-me messages. r.mu is held.
 func (r *ringManager) connectToMe(kind routing.Kind, target routing.Addr) ([]byte, error) {
 	self := r.t.Self()
 	m := routing.ConnectToMe{
 		Kind: kind, TTL: routeTTL, Requester: self.Peer, Addr: self.Addr, Target: target,
 		Endpoints: r.endpoints(),
+	}
+	if !slices.ContainsFunc(r.t.Links(), (*routing.Link).Routes) && r.t.Len() > 0 {
+		leaf := r.t.Links()[0]
+		m.Relay = routing.Neighbour{Peer: leaf.Peer, Addr: leaf.Addr}
 	}
 	return m.MarshalBinary()
 }
@@ -727,15 +737,28 @@ func (r *ringManager) onAnswer(m *routing.ConnectToMe) {
 	r.mu.Lock()
 	defer r.kick()
 	defer r.mu.Unlock()
+	q, ok := r.answeredLocked(m)
+	if !ok {
+		return
+	}
+	r.linkAnswerLocked(m, q)
+}
+
+// answeredLocked checks an answer (or dial-me) against this node's
+// pending requests. r.mu is held.
+func (r *ringManager) answeredLocked(m *routing.ConnectToMe) (request, bool) {
 	q, ok := r.pending[m.Target]
-	if !ok || q.kind != m.Kind {
+	if !ok || q.kind != m.Kind || (m.Kind == routing.Shortcut && m.Requester != q.peer) {
+		// Only requests this node made are answered, a shortcut only
+		// by the node asked.
 		r.counters.answersUnsolicited.Add(1)
-		return
+		return request{}, false
 	}
-	if m.Kind == routing.Shortcut && m.Requester != q.peer {
-		r.counters.answersUnsolicited.Add(1) // only the node asked may answer
-		return
-	}
+	return q, true
+}
+
+// linkAnswerLocked keeps the link an answer brought. r.mu is held.
+func (r *ringManager) linkAnswerLocked(m *routing.ConnectToMe, q request) {
 	// A join's request has two answers, one from each side; others one.
 	if m.Target != r.t.Self().Addr {
 		delete(r.pending, m.Target)
@@ -762,6 +785,8 @@ func (r *ringManager) control(rh routing.Header, typ byte, body []byte, nearest 
 		r.onConnect(rh, &m, nearest)
 	case typeVIP:
 		r.onVIP(rh, body)
+	case typeDialMe:
+		r.onDialMe(rh, body)
 	}
 }
 
@@ -840,11 +865,12 @@ func (r *ringManager) answer(req, ans *routing.ConnectToMe) error {
 		if len(info.Addrs) == 0 {
 			return errors.New("no endpoint to dial")
 		}
-		dctx, cancel := context.WithTimeout(ctx, dialTimeout)
+		dctx, cancel := context.WithTimeout(ctx, answerDialTimeout)
 		err := h.Connect(dctx, info)
 		cancel()
 		if err != nil {
-			return err
+			// A NAT in the way: have the requester dial this node.
+			return r.dialMe(req, ans, err)
 		}
 	}
 	b, err := ans.MarshalBinary()
@@ -982,6 +1008,7 @@ func (o *Overlay) Ring() (st RingStatus, ok bool) {
 		"lying":               c.lying.Load(),
 		"bootstrap_failed":    c.bootstrapFailed.Load(),
 		"dial_failed":         c.dialFailed.Load(),
+		"dial_me_sent":        c.dialMeSent.Load(),
 		"shortcuts_formed":    c.shortcutsFormed.Load(),
 		"shortcuts_failed":    c.shortcutsFailed.Load(),
 		"shortcuts_dropped":   c.shortcutsDropped.Load(),

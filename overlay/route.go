@@ -35,6 +35,7 @@ const (
 	// neither sealed nor signed (ring.go, resolve.go).
 	typeConnect byte = 6 // a routing.ConnectToMe
 	typeVIP     byte = 7 // an address record, lookup or answer
+	typeDialMe  byte = 8 // an answer to a connect-to-me, for a requester that could not be dialled
 
 	routeHeaderOff = HeaderLen
 	routeInnerOff  = HeaderLen + routing.HeaderLen
@@ -131,7 +132,7 @@ func ringControl(inner []byte) (typ byte, body []byte, ok bool) {
 		return 0, nil, false
 	}
 	switch inner[1] {
-	case typeConnect, typeVIP:
+	case typeConnect, typeVIP, typeDialMe:
 		return inner[1], inner[HeaderLen:], true
 	}
 	return 0, nil, false

@@ -15,7 +15,8 @@ import (
 // place itself, or a peer it advertises, anywhere it likes. Integers are
 // big-endian; a peer ID is a length byte and its bytes.
 //
-//	ConnectToMe   version kind ttl id addr(20) target(20) n (ip-len ip port(2))×n
+//	ConnectToMe   version kind ttl id addr(20) target(20) n (ip-len ip port(2))×n relay
+//	              (relay: 0, or id addr(20))
 //	NeighbourList version kinds seq(8) id addr(20) n (id addr(20))×n
 //	Header        version ttl src(20) dst(20)
 const (
@@ -52,6 +53,10 @@ type ConnectToMe struct {
 	Addr      Addr // Requester's ring address
 	Target    Addr
 	Endpoints []netip.AddrPort // where Requester can be dialled
+	// Relay, if set, is a node that has a link to Requester: one that
+	// cannot dial Requester (a NAT in the way) sends it a dial-me through
+	// Relay. A joining node names its bootstrap node.
+	Relay Neighbour
 }
 
 // NeighbourList is what a node tells each of its links: why it keeps the
@@ -213,7 +218,13 @@ func (m *ConnectToMe) MarshalBinary() ([]byte, error) {
 		b = append(b, ip.AsSlice()...)
 		b = append(b, byte(ep.Port()>>8), byte(ep.Port()))
 	}
-	return b, nil
+	if m.Relay.Peer == "" {
+		return append(b, 0), nil
+	}
+	if err := checkPeer(m.Relay.Peer, m.Relay.Addr); err != nil {
+		return nil, fmt.Errorf("connect-to-me relay: %w", err)
+	}
+	return appendPeer(b, m.Relay.Peer, m.Relay.Addr), nil
 }
 
 // UnmarshalBinary decodes and validates a request.
@@ -240,10 +251,16 @@ func (m *ConnectToMe) UnmarshalBinary(b []byte) error {
 		}
 		eps[i] = netip.AddrPortFrom(ip, uint16(port[0])<<8|uint16(port[1]))
 	}
+	var relay Neighbour
+	if r.err == nil && len(r.b) > 0 && r.b[0] == 0 {
+		r.byte()
+	} else {
+		relay.Peer, relay.Addr = r.peer()
+	}
 	if err := r.end(); err != nil {
 		return fmt.Errorf("connect-to-me: %w", err)
 	}
-	*m = ConnectToMe{Kind: kind, TTL: ttl, Requester: id, Addr: a, Target: target, Endpoints: eps}
+	*m = ConnectToMe{Kind: kind, TTL: ttl, Requester: id, Addr: a, Target: target, Endpoints: eps, Relay: relay}
 	return nil
 }
 

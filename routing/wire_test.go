@@ -47,6 +47,10 @@ func TestWireRoundTrip(t *testing.T) {
 	if !bytes.Equal(mustMarshal(t, &ctm2), mustMarshal(t, ctm)) || ctm2.Endpoints[2] != ctm.Endpoints[2] {
 		t.Fatalf("connect-to-me round trip: %+v != %+v", ctm2, *ctm)
 	}
+	ctm.Relay = Neighbour{Peer: testID(5), Addr: AddrFromPeer(testID(5))}
+	if err := ctm2.UnmarshalBinary(mustMarshal(t, ctm)); err != nil || ctm2.Relay != ctm.Relay {
+		t.Fatalf("connect-to-me with a relay: %+v, %v", ctm2.Relay, err)
+	}
 
 	list := validList(MaxNeighbours)
 	var list2 NeighbourList
@@ -100,7 +104,12 @@ func TestWireRejects(t *testing.T) {
 	eps.Endpoints = eps.Endpoints[:MaxEndpoints]
 	manyEps := mustMarshal(t, eps)
 	manyEps[3+1+len(eps.Requester)+2*AddrLen] = MaxEndpoints + 1
-	manyEps = append(manyEps, 4, 192, 0, 2, 9, 0, 1)
+	manyEps = append(manyEps[:len(manyEps)-1], 4, 192, 0, 2, 9, 0, 1, 0)
+
+	relayed := validCTM()
+	relayed.Relay = Neighbour{Peer: testID(5), Addr: AddrFromPeer(testID(5))}
+	relayLie := mustMarshal(t, relayed)
+	relayLie[len(relayLie)-1] ^= 1
 
 	badKinds := mustMarshal(t, validList(1))
 	badKinds[1] = 0x80
@@ -121,6 +130,7 @@ func TestWireRejects(t *testing.T) {
 		{"ctm: leaf is not a kind to ask for", &ConnectToMe{}, kind, ErrMalformed},
 		{"ctm: too many endpoints", &ConnectToMe{}, manyEps, ErrTooMany},
 		{"ctm: truncated", &ConnectToMe{}, ctm[:len(ctm)-1], ErrMalformed},
+		{"ctm: the relay's address lies", &ConnectToMe{}, relayLie, ErrAddr},
 		{"ctm: trailing bytes", &ConnectToMe{}, append(bytes.Clone(ctm), 0), ErrMalformed},
 		{"ctm: empty", &ConnectToMe{}, nil, ErrMalformed},
 		{"list: a neighbour's address lies", &NeighbourList{}, listLie, ErrAddr},
@@ -142,7 +152,7 @@ func TestWireRejects(t *testing.T) {
 	if got := drops.Addr.Load() + drops.TTL.Load() + drops.Version.Load() + drops.TooMany.Load() + drops.Malformed.Load(); got != uint64(len(tests)) {
 		t.Errorf("counted %d drops, want %d", got, len(tests))
 	}
-	if drops.Addr.Load() != 2 || drops.TTL.Load() != 2 || drops.TooMany.Load() != 2 {
+	if drops.Addr.Load() != 3 || drops.TTL.Load() != 2 || drops.TooMany.Load() != 2 {
 		t.Errorf("drops by cause: addr %d ttl %d too many %d", drops.Addr.Load(), drops.TTL.Load(), drops.TooMany.Load())
 	}
 }

@@ -271,3 +271,56 @@ func TestRingOf24(t *testing.T) {
 		t.Fatalf("the rejoined node: %v", failed)
 	}
 }
+
+// TestRingBehindNAT joins a node behind a NAT to a ring of public nodes:
+// the nodes that answer its requests cannot dial it, so they ask it to
+// dial them instead, through its bootstrap node while it joins. (Two NATed
+// nodes next to each other on the ring need NAT traversal, which is not
+// built yet.)
+func TestRingBehindNAT(t *testing.T) {
+	bed, vms := newRingBed(t, 7, 2)
+	defer func() {
+		if t.Failed() {
+			bed.DumpLogs(30)
+		}
+	}()
+	ctx := t.Context()
+	site, err := bed.AddSite(ctx, "nat", testbed.NATCone)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm, err := bed.AddVM(ctx, site, "n0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nat := &ringVM{vm: vm, vip: "10.128.1.101"}
+	vms = append(vms, nat)
+	startRing(t, node.Config{}, vms)
+	_, took := waitRingConsistent(t, vms, 60*time.Second)
+	t.Logf("7 public nodes and 1 behind a NAT: ring consistent %v after the last start", took.Round(100*time.Millisecond))
+	for _, other := range vms[:7] {
+		for _, pair := range [][2]*ringVM{{nat, other}, {other, nat}} {
+			wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+			err := pair[0].vm.WaitReachable(wctx, pair[1].vip)
+			cancel()
+			if err != nil {
+				t.Fatalf("%s -> %s: %v\n%s", pair[0].vip, pair[1].vip, err, describePeer(t, pair[0], pair[1]))
+			}
+		}
+	}
+	st, err := nat.vm.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dialMe uint64
+	for _, v := range vms[:7] {
+		if s, err := v.vm.Status(ctx); err == nil {
+			dialMe += s.Ring.Counters["dial_me_sent"]
+		}
+	}
+	if dialMe == 0 {
+		t.Fatal("no node sent a dial-me: the NATed node was dialled directly")
+	}
+	t.Logf("pings both ways between the NATed VM and each public one; %d dial-me messages; the NATed node has %d ring links",
+		dialMe, len(st.Ring.Links))
+}
