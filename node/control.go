@@ -147,6 +147,14 @@ func (n *Node) Status() Status {
 	for _, a := range n.ov.Host().Addrs() {
 		st.Addresses = append(st.Addresses, a.String()+"/p2p/"+n.ov.ID().String())
 	}
+	nat := n.ov.NAT()
+	st.NAT = NATStatus{Mapping: string(nat.Mapping), Counters: map[string]uint64{
+		"stun_answered": nat.Answered, "stun_refused": nat.Refused,
+		"stun_responses": nat.Responses, "stun_bad_responses": nat.BadResponses,
+	}}
+	if nat.Public.IsValid() {
+		st.NAT.Public = nat.Public.String()
+	}
 	ringLinks := make(map[string]bool)
 	if rs, ok := n.ov.Ring(); ok {
 		st.Ring = RingStatus{

@@ -12,6 +12,7 @@ type Status struct {
 	Subnet    string       `json:"subnet"`
 	TAP       TAPStatus    `json:"tap"`
 	Ring      RingStatus   `json:"ring"`
+	NAT       NATStatus    `json:"nat"`
 	Peers     []PeerStatus `json:"peers"`
 	// Drops counts datagrams the data path refused, by reason.
 	Drops map[string]uint64 `json:"drops"`
@@ -49,6 +50,18 @@ type RingStatus struct {
 	// static peers, nodes answering a request, the DHT.
 	OtherConns int               `json:"other_conns"`
 	Counters   map[string]uint64 `json:"counters"`
+}
+
+// NATStatus is what the node learned with STUN from its ring links.
+type NATStatus struct {
+	// Public is the data socket's address as peers see it ("" until
+	// known).
+	Public string `json:"public,omitempty"`
+	// Mapping is "none" (no NAT), "endpoint-independent" (one mapping
+	// for every destination: hole punching works), "address-dependent"
+	// (a mapping per destination) or "unknown".
+	Mapping  string            `json:"mapping"`
+	Counters map[string]uint64 `json:"counters"`
 }
 
 // RingLink is one ring link.

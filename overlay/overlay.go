@@ -128,6 +128,7 @@ type Overlay struct {
 	routeBufs sync.Pool
 	router    Router
 	ring      *ringManager // nil without Config.Ring
+	stun      stunState
 }
 
 type indexEntry struct {
@@ -172,6 +173,7 @@ func New(ctx context.Context, cfg Config) (*Overlay, error) {
 	}
 	o.ringAddr = routing.AddrFromPeer(h.ID())
 	o.routeBufs = newRouteBufs()
+	o.stun.init()
 	o.ctx, o.cancel = context.WithCancel(ctx)
 	o.router = cfg.Router
 	if cfg.Ring {
@@ -324,7 +326,7 @@ func (o *Overlay) reserveIndex(p *Peer) uint32 {
 		var b [4]byte
 		rand.Read(b[:])
 		idx := binary.BigEndian.Uint32(b[:])
-		if idx == 0 || o.byIndex[idx] != nil {
+		if idx == 0 || idx == stunCookieIndex || o.byIndex[idx] != nil {
 			continue
 		}
 		o.byIndex[idx] = &indexEntry{peer: p}

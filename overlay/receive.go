@@ -40,7 +40,12 @@ func (o *Overlay) receiveUDP() {
 			segSize := o.udp.segmentSize(n, oob)
 			from := m.from(i)
 			for off := 0; off < n; off += segSize {
-				o.receive(rx, bufs[i][off:min(off+segSize, n)], PathUDP, from, nil)
+				d := bufs[i][off:min(off+segSize, n)]
+				if isSTUN(d) {
+					o.handleSTUN(d, from)
+					continue
+				}
+				o.receive(rx, d, PathUDP, from, nil)
 			}
 		}
 		rx.Flush()

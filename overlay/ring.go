@@ -387,6 +387,10 @@ func (r *ringManager) round(ctx context.Context) {
 	}
 	pushes := r.pushesLocked()
 	nearNow := r.nearLocked()
+	linkIDs := make([]peer.ID, 0, r.t.Len())
+	for _, l := range r.t.Links() {
+		linkIDs = append(linkIDs, l.Peer)
+	}
 	sweep := r.rounds%sweepEvery == 0
 	var save []peer.ID
 	if joined && sweep {
@@ -442,6 +446,7 @@ func (r *ringManager) round(ctx context.Context) {
 		r.sweep(now)
 		r.vips.expire(now)
 	}
+	r.o.stunRound(now, linkIDs)
 }
 
 // bootstrapLocked dials the next bootstrap node, in the background; on
@@ -544,6 +549,7 @@ func (r *ringManager) addLinkLocked(id peer.ID, kinds routing.Kind, farN float64
 		p := r.o.peer(id)
 		p.ringLink.Store(true)
 		p.wake() // the link's own handshake
+		r.push(r.o.ctx, pushMsg{to: id, typ: ctlSTUN, body: r.o.issueSTUN(id)})
 	}
 	return l
 }
@@ -558,6 +564,7 @@ func (r *ringManager) dropLinkLocked(id peer.ID) {
 }
 
 func (r *ringManager) forgetLocked(id peer.ID) {
+	r.o.forgetSTUN(id)
 	r.o.mu.RLock()
 	if p := r.o.peers[id]; p != nil {
 		p.ringLink.Store(false)
@@ -628,6 +635,7 @@ func (r *ringManager) pushesLocked() []pushMsg {
 
 type pushMsg struct {
 	to   peer.ID
+	typ  byte // ctlList when zero
 	body []byte
 }
 
@@ -637,14 +645,22 @@ func (r *ringManager) push(ctx context.Context, m pushMsg) {
 	r.o.wg.Add(1)
 	go func() {
 		defer r.o.wg.Done()
-		if err := r.sendCtl(ctx, m.to, ctlList, m.body); err != nil {
-			r.o.log.Debug("neighbour list not sent", "peer", m.to, "err", err)
-			r.mu.Lock()
-			delete(r.told, m.to)
-			r.mu.Unlock()
+		typ := m.typ
+		if typ == 0 {
+			typ = ctlList
+		}
+		if err := r.sendCtl(ctx, m.to, typ, m.body); err != nil {
+			r.o.log.Debug("control message not sent", "peer", m.to, "type", typ, "err", err)
+			if typ == ctlList {
+				r.mu.Lock()
+				delete(r.told, m.to)
+				r.mu.Unlock()
+			}
 			return
 		}
-		r.counters.listsSent.Add(1)
+		if typ == ctlList {
+			r.counters.listsSent.Add(1)
+		}
 	}()
 }
 
@@ -701,6 +717,10 @@ func (r *ringManager) handleStream(st network.Stream) {
 			return
 		}
 		r.onAnswer(&m)
+	case ctlSTUN:
+		if err := r.o.takeSTUN(from, msg[1:]); err != nil {
+			r.drops.Malformed.Add(1)
+		}
 	default:
 		r.drops.Malformed.Add(1)
 	}

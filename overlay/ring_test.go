@@ -2,12 +2,14 @@ package overlay
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/pion/stun/v3"
 
 	"github.com/ringnet/ringnet/routing"
 )
@@ -184,5 +186,35 @@ func TestRingRefusesLyingControlMessages(t *testing.T) {
 	})
 	if st, _ := n.Ring(); len(st.Links) != 0 {
 		t.Fatalf("lying messages made links: %+v", st.Links)
+	}
+}
+
+// TestSTUNOnTheDataSocket: ring links hand each other STUN credentials,
+// and each node learns how its links see its data socket; a binding
+// request without credentials is refused.
+func TestSTUNOnTheDataSocket(t *testing.T) {
+	nodes := ringNodes(t, 3)
+	waitConsistent(t, nodes, 20*time.Second)
+	for _, n := range nodes {
+		waitFor(t, "a STUN answer", func() bool {
+			nat := n.NAT()
+			return nat.Public == n.DataAddr() && nat.Mapping == MappingNone
+		})
+	}
+	req, err := stun.Build(stun.TransactionID, stun.BindingRequest, stun.Fingerprint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(nodes[0].DataAddr()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	before := nodes[0].NAT().Refused
+	c.Write(req.Raw)
+	waitFor(t, "the request without credentials to be refused", func() bool { return nodes[0].NAT().Refused > before })
+	c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	if n, err := c.Read(make([]byte, 1500)); err == nil {
+		t.Fatalf("a request without credentials got a %d-byte answer", n)
 	}
 }
