@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -278,6 +279,18 @@ func TestRingOf24(t *testing.T) {
 // nodes next to each other on the ring need NAT traversal, which is not
 // built yet.)
 func TestRingBehindNAT(t *testing.T) {
+	for _, tc := range []struct {
+		nat     testbed.NATKind
+		mapping string
+	}{
+		{testbed.NATCone, "endpoint-independent"},
+		{testbed.NATSymmetric, "address-dependent"},
+	} {
+		t.Run(tc.nat.String(), func(t *testing.T) { ringBehindNAT(t, tc.nat, tc.mapping) })
+	}
+}
+
+func ringBehindNAT(t *testing.T, kind testbed.NATKind, mapping string) {
 	bed, vms := newRingBed(t, 7, 2)
 	defer func() {
 		if t.Failed() {
@@ -285,7 +298,7 @@ func TestRingBehindNAT(t *testing.T) {
 		}
 	}()
 	ctx := t.Context()
-	site, err := bed.AddSite(ctx, "nat", testbed.NATCone)
+	site, err := bed.AddSite(ctx, "nat", kind)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -297,7 +310,7 @@ func TestRingBehindNAT(t *testing.T) {
 	vms = append(vms, nat)
 	startRing(t, node.Config{}, vms)
 	_, took := waitRingConsistent(t, vms, 60*time.Second)
-	t.Logf("7 public nodes and 1 behind a NAT: ring consistent %v after the last start", took.Round(100*time.Millisecond))
+	t.Logf("7 public nodes and 1 behind a %v NAT: ring consistent %v after the last start", kind, took.Round(100*time.Millisecond))
 	for _, other := range vms[:7] {
 		for _, pair := range [][2]*ringVM{{nat, other}, {other, nat}} {
 			wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
@@ -308,10 +321,6 @@ func TestRingBehindNAT(t *testing.T) {
 			}
 		}
 	}
-	st, err := nat.vm.Status(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var dialMe uint64
 	for _, v := range vms[:7] {
 		if s, err := v.vm.Status(ctx); err == nil {
@@ -321,6 +330,22 @@ func TestRingBehindNAT(t *testing.T) {
 	if dialMe == 0 {
 		t.Fatal("no node sent a dial-me: the NATed node was dialled directly")
 	}
-	t.Logf("pings both ways between the NATed VM and each public one; %d dial-me messages; the NATed node has %d ring links",
-		dialMe, len(st.Ring.Links))
+	// STUN through the ring's own nodes: the NATed node sees its NAT.
+	var st node.Status
+	waitFor(t, "the NATed node to learn its mapping", func() bool {
+		st, err = nat.vm.Status(ctx)
+		return err == nil && st.NAT.Mapping == mapping
+	})
+	if !strings.HasPrefix(st.NAT.Public, site.WANIP().String()+":") {
+		t.Fatalf("public mapping %s, want the NAT's address %v", st.NAT.Public, site.WANIP())
+	}
+	pub, err := vms[1].vm.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pub.NAT.Mapping != "none" {
+		t.Errorf("a public node reports mapping %q, want none", pub.NAT.Mapping)
+	}
+	t.Logf("pings both ways between the NATed VM and each public one; %d dial-me messages; STUN: %s, public %s",
+		dialMe, st.NAT.Mapping, st.NAT.Public)
 }
