@@ -50,6 +50,11 @@ type ShortcutConfig struct {
 	IdleTimeout string `toml:"idle_timeout,omitempty"`
 	// Max bounds the shortcuts a node keeps (default 8).
 	Max int `toml:"max,omitempty"`
+	// RetryAfter is how long a peer whose shortcut failed is left alone,
+	// doubled with each failure (default "5s"); after max_tries failures
+	// in a row (default 4) the node stops asking.
+	RetryAfter string `toml:"retry_after,omitempty"`
+	MaxTries   int    `toml:"max_tries,omitempty"`
 }
 
 // TAPConfig describes the VM's side: its TAP device and virtual address.
@@ -272,6 +277,7 @@ func (c *Config) ShortcutPolicy() (routing.ShortcutPolicy, error) {
 	}{
 		{"shortcuts.half_life", sc.HalfLife, &p.HalfLife},
 		{"shortcuts.idle_timeout", sc.IdleTimeout, &p.IdleTimeout},
+		{"shortcuts.retry_after", sc.RetryAfter, &p.RetryAfter},
 	} {
 		if d.value == "" {
 			continue
@@ -287,6 +293,12 @@ func (c *Config) ShortcutPolicy() (routing.ShortcutPolicy, error) {
 	}
 	if sc.Max > 0 {
 		p.Max = sc.Max
+	}
+	if sc.MaxTries < 0 || sc.MaxTries > 100 {
+		return p, fieldErr("shortcuts.max_tries", "%d is outside 0..100", sc.MaxTries)
+	}
+	if sc.MaxTries > 0 {
+		p.MaxTries = sc.MaxTries
 	}
 	return p, nil
 }

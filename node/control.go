@@ -195,6 +195,8 @@ func (n *Node) Status() Status {
 		case p.Static:
 		case ringLinks[ps.PeerID]:
 			ps.Link = "ring"
+		case p.Punched:
+			ps.Link = "punched"
 		case p.Path == overlay.PathRing:
 			ps.Link = "routed"
 		default:

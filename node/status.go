@@ -83,7 +83,8 @@ type PeerStatus struct {
 	VirtualIP string `json:"virtual_ip,omitempty"`
 	// Link is the kind of link: "static" for a configured peer, "ring"
 	// for a ring link (see ring.links for its kinds), "routed" for a
-	// peer reached over the ring, "direct" for a link outside the ring's
+	// peer reached over the ring, "punched" for one reached over a UDP
+	// path that hole punching opened, "direct" for a link outside the ring's
 	// table (the peer dialled us, or a former ring link that still
 	// carries packets).
 	Link string `json:"link"`

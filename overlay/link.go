@@ -123,6 +123,10 @@ type Peer struct {
 	lastRx                uint64    // rxPackets+rxControl at the last tick; p.mu
 	lastHeard             time.Time // when that sum last moved; p.mu
 
+	lastPunch                   time.Time        // p.mu
+	punchCands                  []netip.AddrPort // p.mu: where the peer said it may be reached
+	punchesSent, punchesRefused atomic.Uint64
+
 	rekeys                                 atomic.Uint64
 	txPackets, txBytes, rxPackets, rxBytes atomic.Uint64
 	drops                                  atomic.Uint64
@@ -224,6 +228,9 @@ func (p *Peer) tick(ctx context.Context) {
 // tickRing is tick for a peer reached over the ring.
 func (p *Peer) tickRing(now time.Time) {
 	p.mu.Lock()
+	if tx := p.txPackets.Load(); tx != p.lastTx {
+		p.lastTx, p.lastTxChange = tx, now
+	}
 	pend := p.ring.pending
 	if pend != nil && now.Sub(pend.sent) > ringHandshakeTimeout {
 		p.ring.pending = nil
@@ -242,11 +249,43 @@ func (p *Peer) tickRing(now time.Time) {
 	next := PathNone
 	if s := p.sendSession.Load(); s != nil && s.viaRing {
 		next = PathRing
+		if p.punchedUp(now) {
+			next = PathUDP // hole punching found a direct path
+		}
 	}
 	if prev := Path(p.path.Swap(int32(next))); prev != next && prev != PathNone {
 		p.o.log.Info("link path", "peer", p.id, "path", next.String(), "was", prev.String())
+		switch {
+		case prev == PathRing && next == PathUDP:
+			p.directAt.Store(now.UnixNano())
+		case prev == PathUDP:
+			p.mu.Lock()
+			p.udpDownAt = now
+			p.mu.Unlock()
+		}
 	}
 	p.ping(now)
+}
+
+// punchedUp reports whether a punched UDP path carries the peer's packets:
+// a round trip over it is recent, and the peer answers while we send.
+func (p *Peer) punchedUp(now time.Time) bool {
+	if p.endpoint.Load() == nil {
+		return false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	sending := now.Sub(p.lastTxChange) < quietAfter
+	return p.udpConfirmed(now) && !(sending && now.Sub(p.roundTrip) >= sendTimeout)
+}
+
+// dropDirect moves the peer's packets back to the ring: its punched
+// path was let go.
+func (p *Peer) dropDirect() {
+	p.mu.Lock()
+	p.udpDownAt = time.Now()
+	p.mu.Unlock()
+	p.wake()
 }
 
 // currentViaRing reports whether the peer's newest session was made over
@@ -472,6 +511,9 @@ func (p *Peer) updatePath(now time.Time, connected bool) {
 // path change: it rekeys.
 func (p *Peer) setEndpoint(ep netip.AddrPort, reason string) {
 	ep = netip.AddrPortFrom(ep.Addr().Unmap(), ep.Port())
+	if p.o.inVirtual(ep.Addr()) {
+		return // a datagram that came through the overlay itself
+	}
 	old := p.endpoint.Load()
 	if old != nil && *old == ep {
 		return
@@ -624,6 +666,7 @@ func (p *Peer) status() PeerStatus {
 	if s := p.sendSession.Load(); s != nil {
 		st.Suite = s.suite
 		st.SessionAge = time.Since(s.created)
+		st.Punched = s.viaRing && st.Path == PathUDP
 	}
 	p.mu.Lock()
 	st.Static = p.static
@@ -744,6 +787,14 @@ func (p *Peer) learn(c network.Conn, h *hello) {
 	p.o.setAddrs(p, h.addrs)
 	if p.endpoint.Load() != nil {
 		return // the peer's datagrams told us where it is; keep that
+	}
+	if c.Stat().Direction == network.DirInbound {
+		// The peer dialled us and may be behind a NAT, whose mapping
+		// for its data socket we cannot guess: a datagram sent there
+		// before the peer sends us one would make the NAT pick another
+		// port for it (a conntrack clash) and spoil its mapping for
+		// everyone. Its first ping tells us where it is.
+		return
 	}
 	ip, err := manet.ToIP(c.RemoteMultiaddr())
 	if err != nil {

@@ -129,6 +129,7 @@ type Overlay struct {
 	router    Router
 	ring      *ringManager // nil without Config.Ring
 	stun      stunState
+	punches   punchCounters
 }
 
 type indexEntry struct {
@@ -384,10 +385,13 @@ func (o *Overlay) Close() error {
 
 // PeerStatus is a snapshot of one link.
 type PeerStatus struct {
-	ID         peer.ID
-	Static     bool
-	Addrs      []netip.Addr
-	Path       Path
+	ID     peer.ID
+	Static bool
+	Addrs  []netip.Addr
+	Path   Path
+	// Punched: the path is UDP that hole punching opened, under the keys
+	// of a session made over the ring.
+	Punched    bool
 	Endpoint   netip.AddrPort
 	Hops       int // 1 on a link; over the ring, the hops its last datagram took
 	Suite      Suite

@@ -63,8 +63,9 @@ func (o *Overlay) receive(rx Receiver, dgram []byte, via Path, from netip.AddrPo
 	}
 	p, s := o.session(h.receiver)
 	// No session yet (a handshake in progress) counts as unknown too, and
-	// so does an end-to-end session of the ring, which no link carries.
-	if s == nil || s.viaRing || (sender != nil && p != sender) {
+	// so does an end-to-end session of the ring on a link, except for the
+	// direct UDP path hole punching made for it.
+	if s == nil || (s.viaRing && (h.typ == typeRoute || via != PathUDP || !p.punchedFrom(from))) || (sender != nil && p != sender) {
 		o.drops.unknownPeer.Add(1)
 		return
 	}
@@ -102,6 +103,9 @@ func (p *Peer) handle(rx Receiver, typ byte, dgram, pt []byte, via Path, from ne
 	case typePong:
 		p.rxControl.Add(1)
 		p.pong(pt, via)
+	case typePunch:
+		p.rxControl.Add(1)
+		p.onPunch(pt)
 	case typeData:
 		if !p.holdsSource(pt) {
 			p.o.drops.spoofedSource.Add(1)

@@ -95,6 +95,13 @@ type request struct {
 	peer peer.ID // for shortcuts: the node asked
 }
 
+// pendingKey names a request: a node may ask for a near link and a
+// shortcut to the same address at once.
+type pendingKey struct {
+	target routing.Addr
+	kind   routing.Kind
+}
+
 // told is what a link last heard from this node.
 type told struct {
 	kinds routing.Kind
@@ -119,7 +126,7 @@ type ringManager struct {
 	told       map[peer.ID]told
 	heard      map[peer.ID]uint64 // newest list seq from each link
 	since      map[peer.ID]time.Time
-	pending    map[routing.Addr]request
+	pending    map[pendingKey]request
 	answered   map[answerKey]time.Time
 	dialFailed map[peer.ID]time.Time
 	boot       []peer.AddrInfo // remembered peers, then Config.Bootstrap
@@ -150,7 +157,7 @@ type ringCounters struct {
 	answersUnsolicited, linksUp, linksDown, listsSent         atomic.Uint64
 	listsStale, lying, bootstrapFailed, dialFailed            atomic.Uint64
 	shortcutsFormed, shortcutsFailed, shortcutsDropped        atomic.Uint64
-	dialMeSent                                                atomic.Uint64
+	dialMeSent, shortcutsPunched                              atomic.Uint64
 	timeToDirectMs                                            atomic.Int64 // the last shortcut's
 }
 
@@ -165,7 +172,7 @@ func newRingManager(o *Overlay) *ringManager {
 		told:       make(map[peer.ID]told),
 		heard:      make(map[peer.ID]uint64),
 		since:      make(map[peer.ID]time.Time),
-		pending:    make(map[routing.Addr]request),
+		pending:    make(map[pendingKey]request),
 		answered:   make(map[answerKey]time.Time),
 		dialFailed: make(map[peer.ID]time.Time),
 		activity:   make(map[peer.ID]activity),
@@ -208,6 +215,9 @@ func shortcutPolicy(p routing.ShortcutPolicy) routing.ShortcutPolicy {
 	}
 	if p.MaxRetryAfter <= 0 {
 		p.MaxRetryAfter = d.MaxRetryAfter
+	}
+	if p.MaxTries <= 0 {
+		p.MaxTries = d.MaxTries
 	}
 	return p
 }
@@ -301,6 +311,7 @@ func (r *ringManager) round(ctx context.Context) {
 		typ    byte
 		target routing.Addr
 		body   []byte
+		kind   routing.Kind
 	}
 	var out []routed
 	var closes []peer.ID
@@ -331,6 +342,12 @@ func (r *ringManager) round(ctx context.Context) {
 		r.t.Clear(id, routing.Shortcut)
 		r.counters.shortcutsDropped.Add(1)
 		r.o.log.Info("shortcut idle: dropped", "peer", id)
+		r.o.mu.RLock()
+		p := r.o.peers[id]
+		r.o.mu.RUnlock()
+		if p != nil && r.t.Link(id) == nil {
+			p.dropDirect() // a punched path
+		}
 	}
 	for k, at := range r.answered {
 		if now.Sub(at) > answerGap {
@@ -343,7 +360,7 @@ func (r *ringManager) round(ctx context.Context) {
 		}
 	}
 	ask := func(kind routing.Kind, target routing.Addr, farN float64) {
-		if _, ok := r.pending[target]; ok {
+		if _, ok := r.pending[pendingKey{target, kind}]; ok {
 			return
 		}
 		body, err := r.connectToMe(kind, target)
@@ -351,8 +368,8 @@ func (r *ringManager) round(ctx context.Context) {
 			r.o.log.Debug("connect-to-me", "err", err)
 			return
 		}
-		r.pending[target] = request{kind: kind, sent: now, farN: farN}
-		out = append(out, routed{typeConnect, target, body})
+		r.pending[pendingKey{target, kind}] = request{kind: kind, sent: now, farN: farN}
+		out = append(out, routed{typeConnect, target, body, kind})
 	}
 	self := r.t.Self()
 	joined := slices.ContainsFunc(r.t.Links(), (*routing.Link).Routes)
@@ -432,7 +449,7 @@ func (r *ringManager) round(ctx context.Context) {
 			// again next round, or as soon as the session is up.
 			r.o.log.Debug("send connect-to-me", "err", err)
 			r.mu.Lock()
-			delete(r.pending, m.target)
+			delete(r.pending, pendingKey{m.target, m.kind})
 			r.mu.Unlock()
 		}
 	}
@@ -767,8 +784,8 @@ func (r *ringManager) onAnswer(m *routing.ConnectToMe) {
 // answeredLocked checks an answer (or dial-me) against this node's
 // pending requests. r.mu is held.
 func (r *ringManager) answeredLocked(m *routing.ConnectToMe) (request, bool) {
-	q, ok := r.pending[m.Target]
-	if !ok || q.kind != m.Kind || (m.Kind == routing.Shortcut && m.Requester != q.peer) {
+	q, ok := r.pending[pendingKey{m.Target, m.Kind}]
+	if !ok || (m.Kind == routing.Shortcut && m.Requester != q.peer) {
 		// Only requests this node made are answered, a shortcut only
 		// by the node asked.
 		r.counters.answersUnsolicited.Add(1)
@@ -781,7 +798,7 @@ func (r *ringManager) answeredLocked(m *routing.ConnectToMe) (request, bool) {
 func (r *ringManager) linkAnswerLocked(m *routing.ConnectToMe, q request) {
 	// A join's request has two answers, one from each side; others one.
 	if m.Target != r.t.Self().Addr {
-		delete(r.pending, m.Target)
+		delete(r.pending, pendingKey{m.Target, m.Kind})
 	}
 	r.addLinkLocked(m.Requester, m.Kind, q.farN)
 	if m.Kind == routing.Shortcut {
@@ -1030,6 +1047,11 @@ func (o *Overlay) Ring() (st RingStatus, ok bool) {
 		"dial_failed":         c.dialFailed.Load(),
 		"dial_me_sent":        c.dialMeSent.Load(),
 		"shortcuts_formed":    c.shortcutsFormed.Load(),
+		"shortcuts_punched":   c.shortcutsPunched.Load(),
+		"punches_sent":        r.o.punches.sent.Load(),
+		"punches_received":    r.o.punches.received.Load(),
+		"punches_refused":     r.o.punches.refused.Load(),
+		"punch_probes":        r.o.punches.probes.Load(),
 		"shortcuts_failed":    c.shortcutsFailed.Load(),
 		"shortcuts_dropped":   c.shortcutsDropped.Load(),
 		"time_to_direct_ms":   uint64(max(0, c.timeToDirectMs.Load())),

@@ -45,16 +45,43 @@ func (r *ringManager) countTraffic(ctx context.Context, now time.Time) {
 			r.shortcuts.Count(p.id, n-last, now)
 		}
 		if at := p.directAt.Load(); at != 0 {
-			if first := p.firstRingTx.Load(); first != 0 && at > first && r.t.Link(p.id) != nil {
+			if first := p.firstRingTx.Load(); first != 0 && at > first && (r.t.Link(p.id) != nil || p.punched()) {
 				r.counters.timeToDirectMs.Store((at - first) / int64(time.Millisecond))
 				p.firstRingTx.Store(0)
 			}
 		}
 	}
+	byID := make(map[peer.ID]*Peer, len(peers))
+	for _, p := range peers {
+		byID[p.id] = p
+	}
+	// A pending shortcut whose peer answered probes on a punched path is
+	// formed: the packets go over UDP, under the ring session's keys.
+	for target, q := range r.pending {
+		if p := byID[q.peer]; q.kind == routing.Shortcut && p != nil && p.punched() {
+			delete(r.pending, target)
+			r.shortcuts.Linked(q.peer, now)
+			r.counters.shortcutsPunched.Add(1)
+			r.counters.shortcutsFormed.Add(1)
+			r.o.log.Info("shortcut punched", "peer", q.peer, "endpoint", p.endpoint.Load())
+		}
+	}
+	natted := false
+	switch r.o.NAT().Mapping {
+	case MappingIndependent, MappingDependent:
+		natted = true
+	}
+	var punch []*Peer
 	for _, id := range r.shortcuts.Want(now) {
 		target := routing.AddrFromPeer(id)
-		if _, pending := r.pending[target]; pending {
+		key := pendingKey{target, routing.Shortcut}
+		if _, pending := r.pending[key]; pending {
 			continue
+		}
+		if p := byID[id]; p != nil && natted && p.currentViaRing() {
+			// Behind a NAT: the peer may not be able to dial back, so
+			// punch a UDP path as well.
+			punch = append(punch, p)
 		}
 		if r.t.Link(id) != nil {
 			continue // a ring link carries the traffic already
@@ -63,7 +90,7 @@ func (r *ringManager) countTraffic(ctx context.Context, now time.Time) {
 		if err != nil {
 			continue
 		}
-		r.pending[target] = request{kind: routing.Shortcut, sent: now, peer: id}
+		r.pending[key] = request{kind: routing.Shortcut, sent: now, peer: id}
 		asks = append(asks, ask{id, body})
 	}
 	if r.rounds%sweepEvery == 0 {
@@ -76,12 +103,15 @@ func (r *ringManager) countTraffic(ctx context.Context, now time.Time) {
 	}
 	r.mu.Unlock()
 
+	for _, p := range punch {
+		p.startPunch(0)
+	}
 	for _, a := range asks {
 		r.counters.connectSent.Add(1)
 		r.o.log.Debug("asking for a shortcut", "peer", a.id)
 		if err := r.o.sendControl(typeConnect, routing.AddrFromPeer(a.id), a.body); err != nil {
 			r.mu.Lock()
-			delete(r.pending, routing.AddrFromPeer(a.id))
+			delete(r.pending, pendingKey{routing.AddrFromPeer(a.id), routing.Shortcut})
 			r.mu.Unlock()
 		}
 	}

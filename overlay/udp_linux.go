@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"sync/atomic"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -124,4 +125,18 @@ func groSegmentSize(oob []byte) int {
 
 func (u *udpConn) String() string {
 	return fmt.Sprintf("udp %v (gso %v, gro %v)", u.LocalAddr(), u.gso.Load(), u.gro)
+}
+
+// writeTTL sends one datagram with the given IP TTL, for the first probes
+// of hole punching: they open this side's NAT mapping but die before the
+// peer's NAT, where an early packet would make conntrack pick another
+// port for the mapping the peer is about to send to.
+func (c *udpConn) writeTTL(b []byte, to netip.AddrPort, ttl int) error {
+	oob := make([]byte, unix.CmsgSpace(4))
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
+	h.Level, h.Type = unix.IPPROTO_IP, unix.IP_TTL
+	h.SetLen(unix.CmsgLen(4))
+	*(*int32)(unsafe.Pointer(&oob[unix.CmsgLen(0)])) = int32(ttl)
+	_, _, err := c.WriteMsgUDPAddrPort(b, oob, to)
+	return err
 }

@@ -36,6 +36,9 @@ const (
 	typeData byte = 1 // an IPv4 packet for the VM
 	typePing byte = 2 // keepalive and path probe; payload is pingLen bytes
 	typePong byte = 3 // answer to a ping, echoing its payload
+	// typePunch carries a node's UDP candidates for hole punching, end to
+	// end under a session over the ring (punch.go).
+	typePunch byte = 9
 )
 
 const pingLen = 16 // probe id (8) and send time (8)
@@ -76,7 +79,7 @@ func parseHeader(b []byte) (header, error) {
 		counter:  binary.BigEndian.Uint64(b[8:16]),
 	}
 	switch h.typ {
-	case typeData, typePing, typePong, typeRoute:
+	case typeData, typePing, typePong, typeRoute, typePunch:
 	default:
 		return header{}, fmt.Errorf("%w %d", errType, h.typ)
 	}

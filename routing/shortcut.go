@@ -26,6 +26,10 @@ type ShortcutPolicy struct {
 	// RetryAfter is how long a peer whose shortcut failed to form is left
 	// alone, doubled with each failure up to MaxRetryAfter.
 	RetryAfter, MaxRetryAfter time.Duration
+	// MaxTries stops asking a peer after this many failures in a row:
+	// a shortcut that cannot form (NATs that map every destination anew
+	// on both sides) is not asked for again until the peer is forgotten.
+	MaxTries int
 }
 
 // DefaultShortcutPolicy: a flow of about 10 packets a second asks for a
@@ -39,6 +43,7 @@ var DefaultShortcutPolicy = ShortcutPolicy{
 	Max:           8,
 	RetryAfter:    5 * time.Second,
 	MaxRetryAfter: 5 * time.Minute,
+	MaxTries:      4,
 }
 
 // Shortcuts tracks the traffic scores and the shortcuts of one node.
@@ -111,7 +116,7 @@ func (s *Shortcuts) Want(now time.Time) []peer.ID {
 			room--
 			continue
 		}
-		if now.Before(st.retryAt) || s.decayed(st, now) < s.p.Threshold {
+		if now.Before(st.retryAt) || s.decayed(st, now) < s.p.Threshold || (s.p.MaxTries > 0 && st.failures >= s.p.MaxTries) {
 			continue
 		}
 		out = append(out, id)
@@ -200,7 +205,7 @@ func (s *Shortcuts) Drop(now time.Time) []peer.ID {
 // scored above a tenth of a packet, so the tracker stays small.
 func (s *Shortcuts) Forget(now time.Time) {
 	for id, st := range s.peers {
-		if !st.linked && s.decayed(st, now) < 0.1 && !now.Before(st.retryAt) {
+		if !st.linked && s.decayed(st, now) < 0.1 && !now.Before(st.retryAt) && (s.p.MaxTries == 0 || st.failures < s.p.MaxTries) {
 			delete(s.peers, id)
 		}
 	}

@@ -61,6 +61,13 @@ func TestShortcutFailuresBackOff(t *testing.T) {
 	if s.Failures(id) != 3 {
 		t.Fatalf("failures %d, want 3", s.Failures(id))
 	}
+	s.Failed(id, now)
+	s.Count(id, 1000, now.Add(p.MaxRetryAfter))
+	if w := s.Want(now.Add(p.MaxRetryAfter)); len(w) != 0 {
+		t.Fatalf("asked again after %d failures (MaxTries %d)", s.Failures(id), p.MaxTries)
+	}
+	p.MaxTries = 0
+	s = NewShortcuts(p)
 	for range 20 {
 		s.Failed(id, now)
 	}

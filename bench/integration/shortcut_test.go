@@ -1,11 +1,16 @@
 package integration
 
 import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/ringnet/ringnet/bench/testbed"
 	"github.com/ringnet/ringnet/node"
 )
 
@@ -111,4 +116,144 @@ func TestShortcutFormsAndIdlesOut(t *testing.T) {
 		return err == nil && st.Ring.Counters["shortcuts_formed"] > formed
 	})
 	t.Logf("idle shortcut dropped after 5 s, and formed again when traffic resumed")
+}
+
+// natPair builds public ring nodes and two VMs behind NATs of the given
+// kind, and starts the ring.
+func natPair(t *testing.T, kind testbed.NATKind, base node.Config) (vms []*ringVM, a, b *ringVM) {
+	t.Helper()
+	bed, vms := newRingBed(t, 6, 2)
+	t.Cleanup(func() {
+		if t.Failed() {
+			bed.DumpLogs(30)
+		}
+		if t.Failed() && os.Getenv("RINGNET_DEBUG_DUMP") != "" {
+			for _, ns := range bed.Namespaces() {
+				if strings.Contains(ns, "nat") {
+					out, _ := exec.Command("ip", "netns", "exec", ns, "sh", "-c", "cat /proc/net/nf_conntrack | grep udp; nft list ruleset").CombinedOutput()
+					t.Logf("conntrack in %s:\n%s", ns, out)
+				}
+			}
+		}
+	})
+	for i := range 2 {
+		site, err := bed.AddSite(t.Context(), fmt.Sprintf("nat%d", i), kind)
+		if err != nil {
+			t.Fatal(err)
+		}
+		vm, err := bed.AddVM(t.Context(), site, fmt.Sprintf("n%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		vms = append(vms, &ringVM{vm: vm, vip: fmt.Sprintf("10.128.1.%d", 101+i)})
+	}
+	startRing(t, base, vms)
+	a, b = vms[6], vms[7]
+	for _, v := range []*ringVM{a, b} {
+		waitFor(t, v.vip+" to join and learn its NAT", func() bool {
+			st, err := v.vm.Status(t.Context())
+			return err == nil && len(st.Ring.NearCW) > 0 && len(st.Ring.NearCCW) > 0 && st.NAT.Mapping != "unknown"
+		})
+	}
+	return vms, a, b
+}
+
+// TestShortcutPunchedThroughNATs: two VMs behind two port-preserving NATs
+// start a flow over the ring; the shortcut cannot be dialled either way,
+// so the nodes punch a UDP path and the flow moves to it.
+func TestShortcutPunchedThroughNATs(t *testing.T) {
+	_, a, b := natPair(t, testbed.NATCone, node.Config{LogLevel: "debug"})
+	ctx := t.Context()
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		for _, v := range []*ringVM{a, b} {
+			data, _ := os.ReadFile(v.vm.LogPath())
+			var keep []string
+			for _, line := range strings.Split(string(data), "\n") {
+				if strings.Contains(line, "punch") || strings.Contains(line, "shortcut") ||
+					strings.Contains(line, "endpoint") || strings.Contains(line, a.id[len(a.id)-6:]) || strings.Contains(line, b.id[len(b.id)-6:]) {
+					keep = append(keep, line)
+				}
+			}
+			t.Logf("%s (%s) log:\n%s", v.vip, v.id, strings.Join(keep, "\n"))
+		}
+		if os.Getenv("RINGNET_DEBUG_DUMP") != "" {
+			a.vm.Output(context.Background(), "pkill", "-QUIT", "-f", a.vm.ConfigPath())
+			time.Sleep(time.Second)
+			b, _ := os.ReadFile(a.vm.LogPath())
+			os.WriteFile("/tmp/a-dump.log", b, 0o644)
+		}
+	})
+	if err := a.vm.WaitReachable(ctx, b.vip); err != nil {
+		t.Fatal(err)
+	}
+	if _, p := peerView(t, a, b); p.Link != "routed" {
+		t.Fatalf("before the flow: %s reaches %s by %q", a.vip, b.vip, p.Link)
+	}
+	if r, err := a.vm.Ping(ctx, b.vip, "-i", "0.05", "-c", "60", "-W", "1"); err != nil || r.Received < 55 {
+		t.Fatalf("flow: %+v %v", r, err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		_, p := peerView(t, a, b)
+		if p.Link == "punched" && p.Hops == 1 && p.Path == "udp" {
+			break
+		}
+		if time.Now().After(deadline) {
+			sa, _ := a.vm.Status(ctx)
+			sb, _ := b.vm.Status(ctx)
+			t.Fatalf("no punched path: a sees b as %+v\na: nat %+v\nb: nat %+v\n%s", p, sa.NAT, sb.NAT, describePeer(t, a, b))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if r, err := a.vm.Ping(ctx, b.vip, "-i", "0.05", "-c", "20", "-W", "1"); err != nil || r.Received < 19 {
+		t.Fatalf("over the punched path: %+v %v", r, err)
+	}
+	st, _ := a.vm.Status(ctx)
+	_, p := peerView(t, a, b)
+	t.Logf("punched %s -> %s at %s: %d punched, time to direct %d ms", a.vip, b.vip, p.Endpoint,
+		st.Ring.Counters["shortcuts_punched"], st.Ring.Counters["time_to_direct_ms"])
+}
+
+// TestShortcutGivesUpBehindSymmetricNATs: behind two NATs that map each
+// destination to a new port, no shortcut can form; traffic keeps flowing
+// over the ring, and the node stops asking after max_tries failures.
+func TestShortcutGivesUpBehindSymmetricNATs(t *testing.T) {
+	base := node.Config{Shortcuts: node.ShortcutConfig{RetryAfter: "1s", MaxTries: 3}}
+	_, a, b := natPair(t, testbed.NATSymmetric, base)
+	ctx := t.Context()
+	if err := a.vm.WaitReachable(ctx, b.vip); err != nil {
+		t.Fatal(err)
+	}
+	counters := func() (failed, sent uint64) {
+		st, err := a.vm.Status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Ring.Counters["shortcuts_failed"], st.Ring.Counters["punches_sent"]
+	}
+	// 25 s of traffic: three tries (each given up after 3 s) and their
+	// back-off (1, 2 s) fit, and then some.
+	r, err := a.vm.Ping(ctx, b.vip, "-i", "0.05", "-c", "500", "-W", "1")
+	if err != nil || r.Received < 495 {
+		t.Fatalf("flow over the ring: %+v %v", r, err)
+	}
+	failed, punches := counters()
+	if _, p := peerView(t, a, b); p.Link != "routed" || p.Hops < 2 {
+		t.Fatalf("%s reaches %s by %q with %d hops; want routed over the ring", a.vip, b.vip, p.Link, p.Hops)
+	}
+	if failed != 3 {
+		t.Fatalf("shortcuts_failed = %d after 25 s, want max_tries = 3", failed)
+	}
+	// It has stopped: more traffic, no more tries.
+	if r, err := a.vm.Ping(ctx, b.vip, "-i", "0.05", "-c", "100", "-W", "1"); err != nil || r.Received < 99 {
+		t.Fatalf("flow over the ring: %+v %v", r, err)
+	}
+	if f, p := counters(); f != failed || p != punches {
+		t.Fatalf("still trying after max_tries: failed %d -> %d, punches sent %d -> %d", failed, f, punches, p)
+	}
+	t.Logf("behind symmetric NATs: %d of %d pings over the ring; %d shortcut tries (%d punches) failed, then it stopped asking",
+		r.Received, r.Transmitted, failed, punches)
 }
