@@ -64,6 +64,9 @@ const (
 	rekeyGrace = 30 * time.Second
 	// minRekeyGap bounds rekeys caused by path changes.
 	minRekeyGap = 2 * time.Second
+	// ringSilence: a peer over the ring that we send to and that answers
+	// nothing, pings included, for this long gets a new handshake.
+	ringSilence = 5 * time.Second
 )
 
 // heardWithin reports whether the peer was heard (any authenticated
@@ -238,7 +241,14 @@ func (p *Peer) tickRing(now time.Time) {
 		pend = nil
 	}
 	wanted := p.ring.wanted
+	// Sending, answered by silence though pinged: the peer may have
+	// restarted and lost our keys. Handshake again.
+	silent := now.Sub(p.lastTxChange) < quietAfter && now.Sub(p.lastHeard) > ringSilence &&
+		p.current != nil && now.Sub(p.current.created) > ringSilence
 	p.mu.Unlock()
+	if silent {
+		p.requestRekey("peer silent")
+	}
 	viaRing := p.currentViaRing()
 	if wanted && pend == nil && (p.wantHandshake(now) || !viaRing) {
 		if err := p.initiateRing(); err != nil {
@@ -393,7 +403,8 @@ func (p *Peer) ping(now time.Time) {
 	var due bool
 	switch {
 	case overRing:
-		due = now.Sub(p.ringTrip) >= udpTimeout || now.Sub(p.lastPing) >= pingInterval
+		due = now.Sub(p.ringTrip) >= udpTimeout || now.Sub(p.lastPing) >= pingInterval ||
+			(sending && now.Sub(p.lastHeard) >= quietAfter && now.Sub(p.lastPing) >= quietAfter)
 	case p.ringLink.Load() && now.Sub(p.lastHeard) >= ringKeepalive && now.Sub(p.lastPing) >= ringKeepalive:
 		due = true // the ring must notice a dead link within linkTimeout
 	case !p.udpConfirmed(now), sending && sinceTrip >= quietAfter:

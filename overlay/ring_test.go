@@ -218,3 +218,35 @@ func TestSTUNOnTheDataSocket(t *testing.T) {
 		t.Fatalf("a request without credentials got a %d-byte answer", n)
 	}
 }
+
+// TestRingPeerRestarts: a node that talks to another over the ring keeps
+// reaching it after it restarts with the same identity (and so lost the
+// session keys): it notices the silence and handshakes again.
+func TestRingPeerRestarts(t *testing.T) {
+	nodes := ringNodes(t, 6)
+	waitConsistent(t, nodes, 20*time.Second)
+	var a, d *testNode
+	for _, x := range nodes {
+		st, _ := x.Ring()
+		for _, y := range nodes {
+			if y != x && !slices.ContainsFunc(st.Links, func(l RingLink) bool { return l.Peer == y.ID() }) {
+				a, d = x, y
+			}
+		}
+	}
+	if a == nil {
+		t.Skip("every node links to every other")
+	}
+	reach(t, a, d, 10*time.Second)
+	key, vip := d.cfg.Identity, d.cfg.VirtualAddrs[0].String()
+	d.Close()
+	subnet := []netip.Prefix{netip.MustParsePrefix("10.128.0.0/16")}
+	boot := peer.AddrInfo{ID: nodes[0].ID(), Addrs: nodes[0].Host().Addrs()}
+	if d == nodes[0] {
+		boot = peer.AddrInfo{ID: nodes[1].ID(), Addrs: nodes[1].Host().Addrs()}
+	}
+	d2 := newTestNode(t, vip, 0, func(c *Config) {
+		c.Ring, c.VirtualSubnets, c.Bootstrap, c.Identity = true, subnet, []peer.AddrInfo{boot}, key
+	})
+	reach(t, a, d2, 20*time.Second)
+}

@@ -268,7 +268,17 @@ func TestRingOf24(t *testing.T) {
 	alive = append(alive, back)
 	_, took = waitRingConsistent(t, alive, 30*time.Second)
 	t.Logf("%s rejoined at its ring address %s…; consistent after %v", back.vip, back.addr[:12], took.Round(100*time.Millisecond))
-	if failed := pingPairs(t, []*ringVM{back, alive[0], alive[5], alive[10]}, 6, 20*time.Second, rng); len(failed) > 0 {
+	// Every survivor reaches it, those that held a session with it
+	// before it died among them: they must notice that it lost the keys.
+	var failed []string
+	for _, v := range alive[:len(alive)-1] {
+		wctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+		if err := v.vm.WaitReachable(wctx, back.vip); err != nil {
+			failed = append(failed, fmt.Sprintf("%s -> %s: %v\n%s", v.vip, back.vip, err, describePeer(t, v, back)))
+		}
+		cancel()
+	}
+	if len(failed) > 0 {
 		t.Fatalf("the rejoined node: %v", failed)
 	}
 }

@@ -210,8 +210,8 @@ esac
 func dhcpDemo(ctx context.Context, bed *testbed.Bed, peer *member) error {
 	say("\nA tenth VM, dave, boots like an appliance behind a NAT: its node leaves the TAP")
 	say("unconfigured, and dave's own DHCP client (busybox udhcpc) asks the node for an address.")
-	say("(Nodes behind NATs join the ring once NAT traversal lands; until then dave keeps a")
-	say("static link to %s.)", peer.name)
+	say("Its node joins the ring through %s's address like the others: the nodes that answer", peer.name)
+	say("cannot dial it through its NAT, so they ask it to dial them instead.")
 	site, err := bed.AddSite(ctx, "oslo", testbed.NATCone)
 	if err != nil {
 		return err
@@ -220,14 +220,14 @@ func dhcpDemo(ctx context.Context, bed *testbed.Bed, peer *member) error {
 	if err != nil {
 		return err
 	}
-	entry, err := peer.vm.PeerEntry(ctx)
+	boot, err := peer.vm.BootstrapAddr(ctx)
 	if err != nil {
 		return err
 	}
 	no := false
 	cfg := node.Config{
-		TAP:   node.TAPConfig{Address: "10.128.0.4/16", ConfigureAddress: &no},
-		Peers: []node.Peer{entry},
+		TAP:       node.TAPConfig{Address: "10.128.0.4/16", ConfigureAddress: &no},
+		Bootstrap: []string{boot},
 	}
 	if err := dave.StartNode(ctx, cfg); err != nil {
 		bed.DumpLogs(30)
@@ -261,6 +261,12 @@ func dhcpDemo(ctx context.Context, bed *testbed.Bed, peer *member) error {
 		return err
 	}
 	say("  dave -> %s (%s): %d of %d replies, average round trip %.3f ms", peer.name, peer.vip, r.Received, r.Transmitted, r.AvgRTTMs)
+	st, err := dave.Status(ctx)
+	if err != nil {
+		return err
+	}
+	say("  dave's node: %d ring links; by STUN through its links it sees its NAT as %s, public address %s.",
+		len(st.Ring.Links), st.NAT.Mapping, st.NAT.Public)
 	return nil
 }
 
