@@ -2,12 +2,16 @@ package overlay
 
 import (
 	"bytes"
+	"net"
 	"net/netip"
 	"testing"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/pion/stun/v3"
+
+	"github.com/ringnet/ringnet/routing"
 )
 
 // sessionPair returns the two ends of one session, with fixed keys.
@@ -215,6 +219,75 @@ func FuzzVIPMsg(f *testing.F) {
 		}
 		if !bytes.Equal(again, b) {
 			t.Fatalf("round trip:\n got %x\nwant %x", again, b)
+		}
+	})
+}
+
+// FuzzPunch decodes arbitrary punch messages: what decodes has at most
+// maxCandidates candidates, none unspecified.
+func FuzzPunch(f *testing.F) {
+	f.Add(marshalPunch(0, []netip.AddrPort{netip.MustParseAddrPort("100.64.3.2:4151"), netip.MustParseAddrPort("192.168.3.10:4151")}))
+	f.Add(marshalPunch(punchReply, nil))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		_, cands, err := parsePunch(b)
+		if err != nil {
+			return
+		}
+		if len(cands) > maxCandidates {
+			t.Fatalf("%d candidates", len(cands))
+		}
+		for _, c := range cands {
+			if c.Addr().IsUnspecified() || c.Port() == 0 {
+				t.Fatalf("accepted candidate %v", c)
+			}
+		}
+	})
+}
+
+// FuzzDialMe decodes arbitrary dial-me messages without panicking, and
+// what decodes encodes back the same.
+func FuzzDialMe(f *testing.F) {
+	key, _, _ := crypto.GenerateEd25519Key(nil)
+	id, _ := peer.IDFromPrivateKey(key)
+	ans := routing.ConnectToMe{Kind: routing.Near, TTL: 1, Requester: id, Addr: routing.AddrFromPeer(id),
+		Target: routing.AddrFromPeer(id), Endpoints: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.1:4150")}}
+	b, err := marshalDialMe(id, &ans)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(b)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		to, m, err := parseDialMe(b)
+		if err != nil {
+			return
+		}
+		again, err := marshalDialMe(to, m)
+		if err != nil || !bytes.Equal(again, b) {
+			t.Fatalf("round trip: %x, %v; want %x", again, err, b)
+		}
+	})
+}
+
+// FuzzSTUN hands arbitrary datagrams that look like STUN to the data
+// socket's STUN handling: nothing may panic, and none is answered, since
+// none carries credentials this node handed out.
+func FuzzSTUN(f *testing.F) {
+	n := newTestNode(f, "10.128.0.9", 0)
+	req, _ := stun.Build(stun.TransactionID, stun.BindingRequest, stun.NewUsername("abcd"),
+		stun.NewShortTermIntegrity("secret"), stun.Fingerprint)
+	f.Add(req.Raw)
+	resp, _ := stun.Build(stun.TransactionID, stun.BindingSuccess,
+		&stun.XORMappedAddress{IP: net.IPv4(192, 0, 2, 1), Port: 4151}, stun.Fingerprint)
+	f.Add(resp.Raw)
+	from := netip.MustParseAddrPort("192.0.2.7:4151")
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if !isSTUN(b) {
+			return
+		}
+		before := n.NAT().Answered
+		n.handleSTUN(b, from)
+		if n.NAT().Answered != before {
+			t.Fatal("answered a request without credentials")
 		}
 	})
 }

@@ -16,6 +16,10 @@
 //	            two NATed sites (median of 5 moves)
 //	join        how soon a node joining a running 24-node ring answers a
 //	            random member's ping (median of 10 joins)
+//	shortcut    time from a flow's first packet to a punched shortcut between
+//	            two VMs behind NATs (median of 10 flows), and TCP on that
+//	            shortcut, on a ring path and relayed by the ring, against
+//	            the raw underlay
 //	ring        the ring's routing code over 100 to 100,000 simulated nodes
 //	            (bench/sim): hops, links per node, messages per join, rounds
 //	            to heal after 10% of the nodes fail; no test bed needed
@@ -42,7 +46,7 @@ func main() {
 	seed := flag.Uint64("seed", 1, "random seed of the simulated ring (ring)")
 	offloads := flag.Bool("offloads", true, "open the nodes' TAP devices with offloads (tap.offloads)")
 	flag.Usage = func() {
-		fmt.Fprintf(flag.CommandLine.Output(), "usage: ringbench [flags] BENCHMARK\n\nBenchmarks: throughput, peers, ring, migration, join\n\nFlags:\n")
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: ringbench [flags] BENCHMARK\n\nBenchmarks: throughput, peers, ring, migration, join, shortcut\n\nFlags:\n")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
@@ -70,6 +74,8 @@ func main() {
 		err = ring(ctx, os.Stdout, *seed)
 	case "join":
 		err = join(ctx, opts, base, 24, 10)
+	case "shortcut":
+		err = shortcutBench(ctx, opts, base, 10, *runs, *seconds)
 	default:
 		fmt.Fprintf(os.Stderr, "ringbench: no benchmark %q\n", name)
 		flag.Usage()
