@@ -157,7 +157,7 @@ type ringCounters struct {
 	answersUnsolicited, linksUp, linksDown, listsSent         atomic.Uint64
 	listsStale, lying, bootstrapFailed, dialFailed            atomic.Uint64
 	shortcutsFormed, shortcutsFailed, shortcutsDropped        atomic.Uint64
-	dialMeSent, shortcutsPunched                              atomic.Uint64
+	dialMeSent, shortcutsPunched, timeToDirectSamples         atomic.Uint64
 	timeToDirectMs                                            atomic.Int64 // the last shortcut's
 }
 
@@ -1055,6 +1055,7 @@ func (o *Overlay) Ring() (st RingStatus, ok bool) {
 		"shortcuts_failed":    c.shortcutsFailed.Load(),
 		"shortcuts_dropped":   c.shortcutsDropped.Load(),
 		"time_to_direct_ms":   uint64(max(0, c.timeToDirectMs.Load())),
+		"time_to_direct_n":    c.timeToDirectSamples.Load(),
 		"malformed":           r.drops.Malformed.Load(),
 		"bad_version":         r.drops.Version.Load(),
 		"ttl_zero":            r.drops.TTL.Load(),

@@ -47,6 +47,7 @@ func (r *ringManager) countTraffic(ctx context.Context, now time.Time) {
 		if at := p.directAt.Load(); at != 0 {
 			if first := p.firstRingTx.Load(); first != 0 && at > first && (r.t.Link(p.id) != nil || p.punched()) {
 				r.counters.timeToDirectMs.Store((at - first) / int64(time.Millisecond))
+				r.counters.timeToDirectSamples.Add(1)
 				p.firstRingTx.Store(0)
 			}
 		}

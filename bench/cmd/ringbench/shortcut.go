@@ -89,15 +89,17 @@ func shortcutBench(ctx context.Context, opts testbed.Options, base node.Config, 
 			return err
 		}
 	}
-	if err := waitConsistent(ctx, pub, time.Minute); err != nil {
-		return err
-	}
 	for _, vm := range nat {
 		if err := waitStatus(ctx, vm, 30*time.Second, func(st node.Status) bool {
 			return len(st.Ring.Links) > 0 && st.NAT.Mapping != "unknown"
 		}); err != nil {
 			return fmt.Errorf("%s never joined: %w", vm.Name(), err)
 		}
+	}
+	// Two NATed nodes next to each other on the ring cannot link (no
+	// tunnel links yet), so the ring may stay short of consistent.
+	if err := waitConsistent(ctx, vms, 30*time.Second); err != nil {
+		fmt.Printf("warning: %v\n", err)
 	}
 	fmt.Printf("ring of %d public nodes and 4 behind NATs up\n", len(pub))
 	c0, c1, s0, s1 := nat[0], nat[1], nat[2], nat[3]
@@ -109,6 +111,10 @@ func shortcutBench(ctx context.Context, opts testbed.Options, base node.Config, 
 		if err := waitStatus(ctx, c0, 30*time.Second, func(st node.Status) bool { return linkTo(st, c1VIP) != "punched" }); err != nil {
 			return fmt.Errorf("flow %d: the last shortcut never went idle: %w", i+1, err)
 		}
+		before, err := c0.Status(ctx)
+		if err != nil {
+			return err
+		}
 		fctx, stop := context.WithCancel(ctx)
 		ping, err := c0.Start("ping", "-q", "-i", "0.01", "-c", "1000", c1VIP)
 		if err != nil {
@@ -116,7 +122,10 @@ func shortcutBench(ctx context.Context, opts testbed.Options, base node.Config, 
 			return err
 		}
 		var st node.Status
-		err = waitStatus(fctx, c0, 10*time.Second, func(s node.Status) bool { st = s; return linkTo(s, c1VIP) == "punched" })
+		err = waitStatus(fctx, c0, 10*time.Second, func(s node.Status) bool {
+			st = s
+			return linkTo(s, c1VIP) == "punched" && s.Ring.Counters["time_to_direct_n"] > before.Ring.Counters["time_to_direct_n"]
+		})
 		ping.Stop(syscall.SIGINT, time.Second)
 		stop()
 		if err != nil {
@@ -229,15 +238,22 @@ func routedPair(ctx context.Context, vms []*testbed.VM, vips []string) (from, to
 			return nil, nil, "", err
 		}
 		for j := range vms {
-			if j != i && !slices.ContainsFunc(st.Ring.Links, func(l node.RingLink) bool { return l.PeerID == ids[j] }) {
-				if err := vm.WaitReachable(ctx, vips[j]); err != nil {
-					return nil, nil, "", err
-				}
-				return vm, vms[j], vips[j], nil
+			if j == i || slices.ContainsFunc(st.Ring.Links, func(l node.RingLink) bool { return l.PeerID == ids[j] }) {
+				continue
 			}
+			if l := linkTo(st, vips[j]); l != "" && l != "routed" {
+				continue // a direct path outside the ring's links
+			}
+			if err := vm.WaitReachable(ctx, vips[j]); err != nil {
+				return nil, nil, "", err
+			}
+			if st, err := vm.Status(ctx); err != nil || linkTo(st, vips[j]) != "routed" {
+				continue
+			}
+			return vm, vms[j], vips[j], nil
 		}
 	}
-	return nil, nil, "", fmt.Errorf("every node links to every other")
+	return nil, nil, "", fmt.Errorf("no pair of nodes reaches each other over several hops")
 }
 
 // waitStatus polls vm's status until cond holds.
