@@ -288,3 +288,11 @@ func StartRing(ctx context.Context, base node.Config, vms []*VM, vips []string) 
 	}
 	return nil
 }
+
+// NodePID returns the process ID of the VM's running node, or 0.
+func (vm *VM) NodePID() int {
+	if p := vm.nodeProc(); p != nil {
+		return p.Pid()
+	}
+	return 0
+}

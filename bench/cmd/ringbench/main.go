@@ -20,6 +20,8 @@
 //	            two VMs behind NATs (median of 10 flows), and TCP on that
 //	            shortcut, on a ring path and relayed by the ring, against
 //	            the raw underlay
+//	idle        memory, CPU and uplink traffic of an idle node in a
+//	            32-node ring
 //	ring        the ring's routing code over 100 to 100,000 simulated nodes
 //	            (bench/sim): hops, links per node, messages per join, rounds
 //	            to heal after 10% of the nodes fail; no test bed needed
@@ -32,6 +34,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/ringnet/ringnet/bench/testbed"
 	"github.com/ringnet/ringnet/node"
@@ -46,7 +49,7 @@ func main() {
 	seed := flag.Uint64("seed", 1, "random seed of the simulated ring (ring)")
 	offloads := flag.Bool("offloads", true, "open the nodes' TAP devices with offloads (tap.offloads)")
 	flag.Usage = func() {
-		fmt.Fprintf(flag.CommandLine.Output(), "usage: ringbench [flags] BENCHMARK\n\nBenchmarks: throughput, peers, ring, migration, join, shortcut\n\nFlags:\n")
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: ringbench [flags] BENCHMARK\n\nBenchmarks: throughput, peers, ring, migration, join, shortcut, idle\n\nFlags:\n")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
@@ -76,6 +79,8 @@ func main() {
 		err = join(ctx, opts, base, 24, 10)
 	case "shortcut":
 		err = shortcutBench(ctx, opts, base, 10, *runs, *seconds)
+	case "idle":
+		err = idle(ctx, opts, base, 32, 60*time.Second, 60*time.Second)
 	default:
 		fmt.Fprintf(os.Stderr, "ringbench: no benchmark %q\n", name)
 		flag.Usage()
