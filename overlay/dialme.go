@@ -106,16 +106,7 @@ func (r *ringManager) onDialMe(rh routing.Header, body []byte) {
 	if !ok {
 		return
 	}
-	select {
-	case r.dials <- struct{}{}:
-	default:
-		r.counters.connectBusy.Add(1)
-		return
-	}
-	r.o.wg.Add(1)
-	go func() {
-		defer r.o.wg.Done()
-		defer func() { <-r.dials }()
+	r.goDial(func() {
 		if err := r.dialAnswerer(r.o.ctx, m); err != nil {
 			r.counters.dialFailed.Add(1)
 			r.o.log.Debug("dial-me: answerer not reached", "peer", m.Requester, "err", err)
@@ -127,7 +118,7 @@ func (r *ringManager) onDialMe(rh routing.Header, body []byte) {
 		}
 		r.mu.Unlock()
 		r.kick()
-	}()
+	})
 }
 
 // dialAnswerer dials the node that answered with m.

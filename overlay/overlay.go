@@ -405,14 +405,20 @@ type PeerStatus struct {
 	Drops      uint64
 }
 
-// Peers reports every peer's link, sorted by peer ID.
-func (o *Overlay) Peers() []PeerStatus {
+// peerList returns the peers, in no order.
+func (o *Overlay) peerList() []*Peer {
 	o.mu.RLock()
+	defer o.mu.RUnlock()
 	ps := make([]*Peer, 0, len(o.peers))
 	for _, p := range o.peers {
 		ps = append(ps, p)
 	}
-	o.mu.RUnlock()
+	return ps
+}
+
+// Peers reports every peer's link, sorted by peer ID.
+func (o *Overlay) Peers() []PeerStatus {
+	ps := o.peerList()
 	out := make([]PeerStatus, 0, len(ps))
 	for _, p := range ps {
 		out = append(out, p.status())

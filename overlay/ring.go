@@ -861,26 +861,34 @@ func (r *ringManager) onConnect(rh routing.Header, m *routing.ConnectToMe, neare
 	if recent {
 		return
 	}
-	select {
-	case r.dials <- struct{}{}:
-	default:
-		r.counters.connectBusy.Add(1)
-		return
-	}
 	answer := routing.ConnectToMe{
 		Kind: m.Kind, TTL: 1, Requester: self.Peer, Addr: self.Addr, Target: m.Target,
 		Endpoints: r.endpoints(),
 	}
-	r.o.wg.Add(1)
-	go func() {
-		defer r.o.wg.Done()
-		defer func() { <-r.dials }()
+	r.goDial(func() {
 		if err := r.answer(m, &answer); err != nil {
 			r.counters.dialFailed.Add(1)
 			r.o.log.Debug("connect-to-me not answered", "peer", m.Requester, "err", err)
 			return
 		}
 		r.counters.connectAnswered.Add(1)
+	})
+}
+
+// goDial runs dial in a goroutine of its own, unless maxAnswerDials are
+// running: a flood of requests costs a node no more than that.
+func (r *ringManager) goDial(dial func()) {
+	select {
+	case r.dials <- struct{}{}:
+	default:
+		r.counters.connectBusy.Add(1)
+		return
+	}
+	r.o.wg.Add(1)
+	go func() {
+		defer r.o.wg.Done()
+		defer func() { <-r.dials }()
+		dial()
 	}()
 }
 
@@ -934,12 +942,7 @@ func (r *ringManager) nearLocked() []peer.ID {
 // nor destinations of recent packets.
 func (r *ringManager) sweep(now time.Time) {
 	o := r.o
-	o.mu.RLock()
-	peers := make([]*Peer, 0, len(o.peers))
-	for _, p := range o.peers {
-		peers = append(peers, p)
-	}
-	o.mu.RUnlock()
+	peers := o.peerList()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	seen := make(map[peer.ID]bool, len(peers))

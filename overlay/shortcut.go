@@ -24,13 +24,7 @@ import (
 // countTraffic feeds the peers' packet counts to the shortcut policy and
 // asks for the shortcuts it wants.
 func (r *ringManager) countTraffic(ctx context.Context, now time.Time) {
-	o := r.o
-	o.mu.RLock()
-	peers := make([]*Peer, 0, len(o.peers))
-	for _, p := range o.peers {
-		peers = append(peers, p)
-	}
-	o.mu.RUnlock()
+	peers := r.o.peerList()
 
 	type ask struct {
 		id   peer.ID

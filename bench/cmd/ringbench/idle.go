@@ -20,26 +20,12 @@ import (
 // receives to keep its links: pings, lists, address records, STUN). It
 // reports the median node, and prints the worst.
 func idle(ctx context.Context, opts testbed.Options, base node.Config, n int, settle, window time.Duration) error {
-	bed, err := testbed.New(ctx, opts)
+	bed, vms, vips, err := publicVMs(ctx, opts, n, "10.128.4")
+	if bed != nil {
+		defer bed.Close()
+	}
 	if err != nil {
 		return err
-	}
-	defer bed.Close()
-	var sites []*testbed.Site
-	for i := range 4 {
-		s, err := bed.AddSite(ctx, fmt.Sprintf("s%d", i), testbed.NATNone)
-		if err != nil {
-			return err
-		}
-		sites = append(sites, s)
-	}
-	vms := make([]*testbed.VM, n)
-	vips := make([]string, n)
-	for i := range vms {
-		if vms[i], err = bed.AddVM(ctx, sites[i%len(sites)], fmt.Sprintf("v%d", i)); err != nil {
-			return err
-		}
-		vips[i] = fmt.Sprintf("10.128.4.%d", i+1)
 	}
 	if err := testbed.StartRing(ctx, base, vms, withPrefix(vips)); err != nil {
 		return err

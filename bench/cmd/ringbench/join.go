@@ -17,26 +17,12 @@ import (
 // for joins into a running ring of members nodes (each through a random
 // member as bootstrap), and reports the median.
 func join(ctx context.Context, opts testbed.Options, base node.Config, members, joins int) error {
-	bed, err := testbed.New(ctx, opts)
+	bed, vms, vips, err := publicVMs(ctx, opts, members+joins, "10.128.2")
+	if bed != nil {
+		defer bed.Close()
+	}
 	if err != nil {
 		return err
-	}
-	defer bed.Close()
-	var sites []*testbed.Site
-	for i := range 4 {
-		s, err := bed.AddSite(ctx, fmt.Sprintf("s%d", i), testbed.NATNone)
-		if err != nil {
-			return err
-		}
-		sites = append(sites, s)
-	}
-	vms := make([]*testbed.VM, members+joins)
-	vips := make([]string, len(vms))
-	for i := range vms {
-		if vms[i], err = bed.AddVM(ctx, sites[i%len(sites)], fmt.Sprintf("v%d", i)); err != nil {
-			return err
-		}
-		vips[i] = fmt.Sprintf("10.128.2.%d", i+1)
 	}
 	if err := testbed.StartRing(ctx, base, vms[:members], withPrefix(vips[:members])); err != nil {
 		return err
@@ -111,6 +97,33 @@ func waitConsistent(ctx context.Context, vms []*testbed.VM, within time.Duration
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// publicVMs builds a bed of n VMs spread over four public sites, with
+// virtual addresses prefix.1, prefix.2 and so on. The caller closes the
+// bed, also on error.
+func publicVMs(ctx context.Context, opts testbed.Options, n int, prefix string) (*testbed.Bed, []*testbed.VM, []string, error) {
+	bed, err := testbed.New(ctx, opts)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	var sites []*testbed.Site
+	for i := range 4 {
+		s, err := bed.AddSite(ctx, fmt.Sprintf("s%d", i), testbed.NATNone)
+		if err != nil {
+			return bed, nil, nil, err
+		}
+		sites = append(sites, s)
+	}
+	vms := make([]*testbed.VM, n)
+	vips := make([]string, n)
+	for i := range vms {
+		if vms[i], err = bed.AddVM(ctx, sites[i%len(sites)], fmt.Sprintf("v%d", i)); err != nil {
+			return bed, nil, nil, err
+		}
+		vips[i] = fmt.Sprintf("%s.%d", prefix, i+1)
+	}
+	return bed, vms, vips, nil
 }
 
 func withPrefix(vips []string) []string {
