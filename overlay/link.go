@@ -66,8 +66,37 @@ const (
 	minRekeyGap = 2 * time.Second
 	// ringSilence: a peer over the ring that we send to and that answers
 	// nothing, pings included, for this long gets a new handshake.
-	ringSilence = 5 * time.Second
+	ringSilence = 3 * time.Second
 )
+
+func (p *Peer) isStatic() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.static
+}
+
+// dropLinkSessions forgets the peer's link sessions when its ring link
+// ends: the peer forgets them too, so packets move to a session over the
+// ring rather than go on to keys the peer no longer has.
+func (p *Peer) dropLinkSessions() {
+	p.mu.Lock()
+	var gone []*session
+	if p.previous != nil && !p.previous.viaRing {
+		gone = append(gone, p.previous)
+		p.previous = nil
+	}
+	if p.current != nil && !p.current.viaRing {
+		gone = append(gone, p.current)
+		p.current, p.previous = p.previous, nil
+	}
+	p.udpDownAt = time.Now()
+	p.mu.Unlock()
+	for _, s := range gone {
+		p.sendSession.CompareAndSwap(s, nil)
+		p.o.dropIndex(s.localIndex)
+	}
+	p.wake()
+}
 
 // heardWithin reports whether the peer was heard (any authenticated
 // datagram) within d.
@@ -196,11 +225,17 @@ func (p *Peer) tick(ctx context.Context) {
 	static := p.static
 	ring := p.ring != nil
 	udpUp := p.udpConfirmed(now) && (p.current == nil || !p.current.viaRing)
+	linkSession := p.current != nil && !p.current.viaRing
 	p.mu.Unlock()
+	// With the ring, only links the ring keeps (and static ones) start
+	// link sessions: a connection left from answering a request must not
+	// pull a peer off its session over the ring. A link session the peer
+	// started is used all the same.
+	mayLink := p.o.ring == nil || static || p.ringLink.Load()
 	// A link whose control connection is gone keeps its UDP path while
 	// pings over it are answered; after that the ring carries its
 	// packets.
-	if ring && !static && !connected && !udpUp {
+	if ring && !static && ((!connected && !udpUp) || (!mayLink && !linkSession)) {
 		p.tickRing(now)
 		return
 	}
@@ -218,7 +253,7 @@ func (p *Peer) tick(ctx context.Context) {
 	}
 	// A link that came up under a session over the ring handshakes at
 	// once: the link's own session gives it keys and a UDP endpoint.
-	if connected && (p.wantHandshake(now) || p.currentViaRing()) {
+	if connected && mayLink && (p.wantHandshake(now) || p.currentViaRing()) {
 		if err := p.initiate(ctx); err != nil {
 			p.o.log.Warn("handshake failed", "peer", p.id, "err", err)
 		}
@@ -370,6 +405,7 @@ func (p *Peer) confirm(s *session) {
 	if p.ringLink.Load() {
 		p.o.ring.kick() // requests may be waiting for the link
 	}
+	p.o.announce(p)
 }
 
 func (p *Peer) expireSessions(now time.Time) {

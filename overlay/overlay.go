@@ -84,8 +84,9 @@ type Config struct {
 	Router Router
 	// AEAD forces one suite; zero picks per link.
 	AEAD Suite
-	// AddrsLearned, if set, is told of virtual addresses that a peer
-	// newly announced (the gateway tells the VM at once). It must not
+	// AddrsLearned, if set, is told of a peer's virtual addresses each
+	// time packets to it can start to flow (a session is ready): the
+	// gateway tells the VM of those it asked for in vain. It must not
 	// block.
 	AddrsLearned func([]netip.Addr)
 	// NewReceiver makes the Receiver of one receiving goroutine.
@@ -352,8 +353,8 @@ func (o *Overlay) dropIndex(idx uint32) {
 
 // setAddrs records the virtual addresses p announced.
 func (o *Overlay) setAddrs(p *Peer, addrs []netip.Addr) {
-	var learned []netip.Addr
 	o.mu.Lock()
+	defer o.mu.Unlock()
 	for a, holder := range o.byAddr {
 		if holder == p && !slices.Contains(addrs, a) {
 			delete(o.byAddr, a)
@@ -364,14 +365,26 @@ func (o *Overlay) setAddrs(p *Peer, addrs []netip.Addr) {
 		if old != nil && old != p {
 			o.log.Warn("virtual address moves to another peer", "addr", a, "from", old.id, "to", p.id)
 		}
-		if old != p {
-			learned = append(learned, a)
-		}
 		o.byAddr[a] = p
 	}
-	o.mu.Unlock()
-	if len(learned) > 0 && o.cfg.AddrsLearned != nil {
-		o.cfg.AddrsLearned(learned)
+}
+
+// announce tells the AddrsLearned hook of p's addresses: packets to them
+// can go now.
+func (o *Overlay) announce(p *Peer) {
+	if o.cfg.AddrsLearned == nil {
+		return
+	}
+	var addrs []netip.Addr
+	o.mu.RLock()
+	for a, holder := range o.byAddr {
+		if holder == p {
+			addrs = append(addrs, a)
+		}
+	}
+	o.mu.RUnlock()
+	if len(addrs) > 0 {
+		o.cfg.AddrsLearned(addrs)
 	}
 }
 

@@ -79,6 +79,9 @@ const (
 	// half a minute). Three pings go unanswered before a link dies.
 	ringKeepalive = 4 * time.Second
 	linkTimeout   = 15 * time.Second
+	// suspectAfter: a link not heard for this long missed a ping's
+	// answer; routes avoid it until it answers again.
+	suspectAfter = ringKeepalive + 2*time.Second
 )
 
 // Control messages over ringProtocol: a type byte, then the message.
@@ -323,11 +326,16 @@ func (r *ringManager) round(ctx context.Context) {
 			r.dropLinkLocked(l.Peer)
 			continue
 		}
-		if now.Sub(r.since[l.Peer]) > linkTimeout && !r.alive(l.Peer, now) {
+		age := now.Sub(r.since[l.Peer])
+		if age > linkTimeout && !r.heardWithin(l.Peer, now, linkTimeout) {
 			r.o.log.Info("ring link dead: not heard", "peer", l.Peer, "for", linkTimeout)
 			r.dropLinkLocked(l.Peer)
 			closes = append(closes, l.Peer)
+			continue
 		}
+		// A link whose pings go unanswered is avoided by routes before
+		// it is given up on.
+		l.Unreachable = age > suspectAfter && !r.heardWithin(l.Peer, now, suspectAfter)
 	}
 	for a, q := range r.pending {
 		if now.Sub(q.sent) > requestTimeout {
@@ -410,7 +418,7 @@ func (r *ringManager) round(ctx context.Context) {
 	}
 	sweep := r.rounds%sweepEvery == 0
 	var save []peer.ID
-	if joined && sweep {
+	if joined && (sweep || r.saved == nil) {
 		for _, l := range r.t.Links() {
 			save = append(save, l.Peer)
 		}
@@ -583,22 +591,23 @@ func (r *ringManager) dropLinkLocked(id peer.ID) {
 func (r *ringManager) forgetLocked(id peer.ID) {
 	r.o.forgetSTUN(id)
 	r.o.mu.RLock()
-	if p := r.o.peers[id]; p != nil {
-		p.ringLink.Store(false)
-	}
+	p := r.o.peers[id]
 	r.o.mu.RUnlock()
+	if p != nil && p.ringLink.Swap(false) && !p.isStatic() {
+		p.dropLinkSessions()
+	}
 	delete(r.told, id)
 	delete(r.heard, id)
 	delete(r.since, id)
 	r.o.host.ConnManager().Unprotect(id, "ringnet-ring")
 }
 
-// alive reports whether the link to id was heard within linkTimeout.
-func (r *ringManager) alive(id peer.ID, now time.Time) bool {
+// heardWithin reports whether the link to id was heard within d.
+func (r *ringManager) heardWithin(id peer.ID, now time.Time, d time.Duration) bool {
 	r.o.mu.RLock()
 	p := r.o.peers[id]
 	r.o.mu.RUnlock()
-	return p != nil && p.heardWithin(now, linkTimeout)
+	return p != nil && p.heardWithin(now, d)
 }
 
 // closeLink closes the connection of a link neither side wants, unless a

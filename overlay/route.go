@@ -405,12 +405,13 @@ func (o *Overlay) ringHandshake(rh routing.Header, body []byte) {
 	switch h.typ {
 	case helloInit:
 		if err = h.verify(id, id, o.host.ID(), nil); err == nil {
+			// The answering side does not want a session of its own
+			// (wanted): handshaking back at once would race this one.
 			p = o.peer(id)
 			p.mu.Lock()
 			if p.ring == nil {
 				p.ring = &ringState{addr: rh.Src}
 			}
-			p.ring.wanted = true
 			p.mu.Unlock()
 			err = p.respondRing(h)
 		}
@@ -458,8 +459,10 @@ func (p *Peer) completeRing(resp *hello) error {
 		return err
 	}
 	p.o.setAddrs(p, resp.addrs)
-	p.install(pend.greeting.session, true)
+	// The path first: installing announces the peer's addresses, and
+	// the VM's packets to them must find it.
 	p.path.Store(int32(PathRing))
+	p.install(pend.greeting.session, true)
 	// The first datagram under the new keys confirms them to the peer.
 	p.ping(time.Now())
 	return nil

@@ -93,3 +93,13 @@ func (r *ring) route(src *Table, dst Addr) (got []*Table, nearest *Table, path [
 		from, cur = cur.self.Peer, r.tables[h.Next.Peer]
 	}
 }
+
+// byAddr returns the table of the node at a.
+func (r *ring) byAddr(a Addr) *Table {
+	for _, t := range r.order {
+		if t.self.Addr == a {
+			return t
+		}
+	}
+	panic("no node at " + a.String())
+}

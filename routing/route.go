@@ -58,7 +58,7 @@ func (t *Table) NextHop(dst Addr, from peer.ID) Hop {
 			continue
 		}
 		h := Hop{Deliver: true, Nearest: closer(self, selfD, n.Addr, n.Addr.Distance(dst), dst)}
-		if n.Peer != from {
+		if n.Peer != from && !n.Unreachable {
 			h.Next = n
 		}
 		return h
@@ -67,7 +67,7 @@ func (t *Table) NextHop(dst Addr, from peer.ID) Hop {
 	best, bestD := self, selfD
 	var via *Link
 	for _, l := range t.links {
-		if l.Peer == from || !l.Routes() {
+		if l.Peer == from || !l.Routes() || l.Unreachable {
 			continue
 		}
 		if d := l.Addr.Distance(dst); closer(l.Addr, d, best, bestD, dst) {
@@ -75,7 +75,7 @@ func (t *Table) NextHop(dst Addr, from peer.ID) Hop {
 		}
 	}
 	for _, l := range t.links {
-		if l.Peer == from || !l.Routes() {
+		if l.Peer == from || !l.Routes() || l.Unreachable {
 			continue
 		}
 		ld := l.Addr.Distance(dst)

@@ -88,6 +88,31 @@ func TestNextHop(t *testing.T) {
 	}
 }
 
+func TestNextHopAvoidsUnreachableLinks(t *testing.T) {
+	r := testRing()
+	var n *Table
+	for _, t := range r.order {
+		if t.self.Addr == at(0x50) {
+			n = t
+		}
+	}
+	// With its link to 0x70 unreachable, 0x50 routes neither to 0x70
+	// nor through it, and uses it again once it answers.
+	n.Link(r.byAddr(at(0x70)).self.Peer).Unreachable = true
+	if h := n.NextHop(at(0x70), ""); h.Next != nil && h.Next.Addr == at(0x70) {
+		t.Fatal("routed to an unreachable link")
+	}
+	for _, dst := range []Addr{at(0x90), at(0xb0), at(0x60)} {
+		if h := n.NextHop(dst, ""); h.Next != nil && h.Next.Unreachable {
+			t.Fatalf("%s: routed through an unreachable link", dst)
+		}
+	}
+	n.Link(r.byAddr(at(0x70)).self.Peer).Unreachable = false
+	if h := n.NextHop(at(0x70), ""); h.Next == nil || h.Next.Addr != at(0x70) {
+		t.Fatal("a reachable link again is not used")
+	}
+}
+
 func TestNextHopAbsentReachesBothSides(t *testing.T) {
 	r := testRing()
 	rng := rand.New(rand.NewPCG(3, 4))

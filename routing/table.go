@@ -82,6 +82,10 @@ type Link struct {
 	// the second hop of neighbour-of-neighbour routing. Read-only; it may
 	// be shared with other tables.
 	Neighbours []Neighbour
+	// Unreachable says the node has not heard from the peer lately (its
+	// pings went unanswered): routes avoid the link until it answers or
+	// is dropped, so that packets do not vanish into a dead node.
+	Unreachable bool
 }
 
 // Routes reports whether greedy routing may use the link: leaf links

@@ -266,8 +266,8 @@ func (vm *VM) BootstrapAddr(ctx context.Context) (string, error) {
 
 // StartRing starts a node on each VM with virtual address vips[i] (with
 // its prefix length), the rest of the config from base: the first VM's
-// node starts a ring of its own and every other joins through it, one
-// after the other.
+// node starts a ring of its own and every other joins through it (or
+// through base.Bootstrap, if set), one after the other.
 func StartRing(ctx context.Context, base node.Config, vms []*VM, vips []string) error {
 	if len(vms) != len(vips) || len(vms) == 0 {
 		return fmt.Errorf("start ring: %d VMs but %d virtual addresses", len(vms), len(vips))
@@ -279,7 +279,7 @@ func StartRing(ctx context.Context, base node.Config, vms []*VM, vips []string) 
 	for i, vm := range vms {
 		cfg := base
 		cfg.TAP.Address = vips[i]
-		if i > 0 {
+		if i > 0 && len(cfg.Bootstrap) == 0 {
 			cfg.Bootstrap = []string{boot}
 		}
 		if err := vm.StartNode(ctx, cfg); err != nil {
