@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"time"
 
 	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/control"
@@ -12,6 +13,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
+	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 	noise "github.com/libp2p/go-libp2p/p2p/security/noise"
 	quic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
@@ -43,11 +45,29 @@ func newHost(key crypto.PrivKey, listen []string, virtual []netip.Prefix) (host.
 			return slices.DeleteFunc(addrs, func(a ma.Multiaddr) bool { return inVirtual(a, virtual) })
 		}),
 		libp2p.ConnectionGater(underlayOnly(virtual)),
+		libp2p.SwarmOpts(swarm.WithDialRanker(tcpFirst)),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("libp2p host: %w", err)
 	}
 	return h, nil
+}
+
+// tcpFirst dials TCP addresses at once and QUIC ones only if TCP has not
+// connected within half a second. A node that crashes leaves a QUIC
+// connection up for half a minute, but its kernel resets a TCP one at
+// once, and the ring notices; QUIC remains the way in where only UDP is
+// let through.
+func tcpFirst(addrs []ma.Multiaddr) []network.AddrDelay {
+	out := make([]network.AddrDelay, 0, len(addrs))
+	for _, a := range addrs {
+		d := network.AddrDelay{Addr: a}
+		if _, err := a.ValueForProtocol(ma.P_TCP); err != nil {
+			d.Delay = 500 * time.Millisecond
+		}
+		out = append(out, d)
+	}
+	return out
 }
 
 // inVirtual reports whether a's IP lies in one of the virtual subnets.

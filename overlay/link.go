@@ -275,10 +275,12 @@ func (p *Peer) tickRing(now time.Time) {
 		p.o.abandon(pend.greeting)
 		pend = nil
 	}
-	wanted := p.ring.wanted
+	sending := now.Sub(p.lastTxChange) < quietAfter
+	// A session is wanted where packets wait for one, or flow.
+	wanted := p.ring.wanted || sending
 	// Sending, answered by silence though pinged: the peer may have
 	// restarted and lost our keys. Handshake again.
-	silent := now.Sub(p.lastTxChange) < quietAfter && now.Sub(p.lastHeard) > ringSilence &&
+	silent := sending && now.Sub(p.lastHeard) > ringSilence &&
 		p.current != nil && now.Sub(p.current.created) > ringSilence
 	p.mu.Unlock()
 	if silent {
