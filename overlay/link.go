@@ -293,6 +293,9 @@ func (p *Peer) tickRing(now time.Time) {
 		}
 	}
 	p.expireSessions(now)
+	// Compare and swap: a session confirmed meanwhile sets the path
+	// itself, and this tick's older view must not undo it.
+	prev := Path(p.path.Load())
 	next := PathNone
 	if s := p.sendSession.Load(); s != nil && s.viaRing {
 		next = PathRing
@@ -300,7 +303,7 @@ func (p *Peer) tickRing(now time.Time) {
 			next = PathUDP // hole punching found a direct path
 		}
 	}
-	if prev := Path(p.path.Swap(int32(next))); prev != next && prev != PathNone {
+	if prev != next && p.path.CompareAndSwap(int32(prev), int32(next)) && prev != PathNone {
 		p.o.log.Info("link path", "peer", p.id, "path", next.String(), "was", prev.String())
 		switch {
 		case prev == PathRing && next == PathUDP:
@@ -403,6 +406,10 @@ func (p *Peer) install(s *session, ready bool) {
 func (p *Peer) confirm(s *session) {
 	s.sendReady.Store(true)
 	p.sendSession.Store(s)
+	if s.viaRing {
+		// Packets may go at once, before the link loop looks.
+		p.path.CompareAndSwap(int32(PathNone), int32(PathRing))
+	}
 	p.wake() // ping at once to (re)confirm the path under the new keys
 	if p.ringLink.Load() {
 		p.o.ring.kick() // requests may be waiting for the link

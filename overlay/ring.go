@@ -2,6 +2,7 @@ package overlay
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -139,6 +140,7 @@ type ringManager struct {
 	booting    bool
 	activity   map[peer.ID]activity
 	rounds     int
+	staleSent  map[routing.Addr]time.Time // rate limit of stale-session hints
 
 	// Shortcuts (shortcut.go).
 	shortcuts *routing.Shortcuts
@@ -161,6 +163,7 @@ type ringCounters struct {
 	listsStale, lying, bootstrapFailed, dialFailed            atomic.Uint64
 	shortcutsFormed, shortcutsFailed, shortcutsDropped        atomic.Uint64
 	dialMeSent, shortcutsPunched, timeToDirectSamples         atomic.Uint64
+	staleHints                                                atomic.Uint64
 	timeToDirectMs                                            atomic.Int64 // the last shortcut's
 }
 
@@ -179,6 +182,7 @@ func newRingManager(o *Overlay) *ringManager {
 		answered:   make(map[answerKey]time.Time),
 		dialFailed: make(map[peer.ID]time.Time),
 		activity:   make(map[peer.ID]activity),
+		staleSent:  make(map[routing.Addr]time.Time),
 		shortcuts:  routing.NewShortcuts(shortcutPolicy(o.cfg.Shortcuts)),
 		counted:    make(map[peer.ID]uint64),
 	}
@@ -833,6 +837,8 @@ func (r *ringManager) control(rh routing.Header, typ byte, body []byte, nearest 
 		r.onVIP(rh, body)
 	case typeDialMe:
 		r.onDialMe(rh, body)
+	case typeStale:
+		r.onStale(rh, body)
 	}
 }
 
@@ -882,6 +888,49 @@ func (r *ringManager) onConnect(rh routing.Header, m *routing.ConnectToMe, neare
 		}
 		r.counters.connectAnswered.Add(1)
 	})
+}
+
+// stale tells the node at src that this node has no session with the
+// receiver index its datagram named (this node restarted, most likely),
+// at most once a second per node. The hint is not authenticated: all it
+// can do is make a node handshake again.
+func (r *ringManager) stale(src routing.Addr, idx uint32) {
+	now := time.Now()
+	r.mu.Lock()
+	if at, ok := r.staleSent[src]; ok && now.Sub(at) < time.Second {
+		r.mu.Unlock()
+		return
+	}
+	if len(r.staleSent) > 1024 {
+		clear(r.staleSent)
+	}
+	r.staleSent[src] = now
+	r.mu.Unlock()
+	var b [4]byte
+	binary.BigEndian.PutUint32(b[:], idx)
+	r.o.sendControl(typeStale, src, b[:])
+}
+
+// onStale handles a stale-session hint: if it names the session this
+// node sends to that peer under, the node handshakes again.
+func (r *ringManager) onStale(rh routing.Header, body []byte) {
+	if len(body) != 4 || rh.Dst != r.o.ringAddr {
+		return
+	}
+	idx := binary.BigEndian.Uint32(body)
+	for _, p := range r.o.peerList() {
+		s := p.sendSession.Load()
+		if s == nil || !s.viaRing || s.remoteIndex != idx || routing.AddrFromPeer(p.id) != rh.Src {
+			continue
+		}
+		r.counters.staleHints.Add(1)
+		p.mu.Lock()
+		if p.ring != nil {
+			p.ring.wanted = true
+		}
+		p.mu.Unlock()
+		p.requestRekey("peer lost the session")
+	}
 }
 
 // goDial runs dial in a goroutine of its own, unless maxAnswerDials are
@@ -1058,6 +1107,7 @@ func (o *Overlay) Ring() (st RingStatus, ok bool) {
 		"bootstrap_failed":    c.bootstrapFailed.Load(),
 		"dial_failed":         c.dialFailed.Load(),
 		"dial_me_sent":        c.dialMeSent.Load(),
+		"stale_hints":         c.staleHints.Load(),
 		"shortcuts_formed":    c.shortcutsFormed.Load(),
 		"shortcuts_punched":   c.shortcutsPunched.Load(),
 		"punches_sent":        r.o.punches.sent.Load(),

@@ -33,9 +33,10 @@ const (
 	typeHandshake byte = 5 // end to end: a hello sent over the ring, signed, not sealed
 	// Ring control, routed to a ring address rather than to a node, so
 	// neither sealed nor signed (ring.go, resolve.go).
-	typeConnect byte = 6 // a routing.ConnectToMe
-	typeVIP     byte = 7 // an address record, lookup or answer
-	typeDialMe  byte = 8 // an answer to a connect-to-me, for a requester that could not be dialled
+	typeConnect byte = 6  // a routing.ConnectToMe
+	typeVIP     byte = 7  // an address record, lookup or answer
+	typeDialMe  byte = 8  // an answer to a connect-to-me, for a requester that could not be dialled
+	typeStale   byte = 10 // "no session has this receiver index here": the sender re-keys
 
 	routeHeaderOff = HeaderLen
 	routeInnerOff  = HeaderLen + routing.HeaderLen
@@ -132,7 +133,7 @@ func ringControl(inner []byte) (typ byte, body []byte, ok bool) {
 		return 0, nil, false
 	}
 	switch inner[1] {
-	case typeConnect, typeVIP, typeDialMe:
+	case typeConnect, typeVIP, typeDialMe, typeStale:
 		return inner[1], inner[HeaderLen:], true
 	}
 	return 0, nil, false
@@ -286,6 +287,11 @@ func (o *Overlay) deliverRouted(rx Receiver, rh routing.Header, inner []byte) {
 	p, s := o.session(h.receiver)
 	if s == nil || !s.viaRing {
 		o.drops.unknownPeer.Add(1)
+		if s == nil && o.ring != nil {
+			// Most likely this node restarted and lost the keys: tell
+			// the sender, which handshakes again at once.
+			o.ring.stale(rh.Src, h.receiver)
+		}
 		return
 	}
 	p.mu.Lock()
@@ -459,10 +465,7 @@ func (p *Peer) completeRing(resp *hello) error {
 		return err
 	}
 	p.o.setAddrs(p, resp.addrs)
-	// The path first: installing announces the peer's addresses, and
-	// the VM's packets to them must find it.
-	p.path.Store(int32(PathRing))
-	p.install(pend.greeting.session, true)
+	p.install(pend.greeting.session, true) // confirm sets the path
 	// The first datagram under the new keys confirms them to the peer.
 	p.ping(time.Now())
 	return nil
