@@ -20,6 +20,8 @@
 //	            two VMs behind NATs (median of 10 flows), and TCP on that
 //	            shortcut, on a ring path and relayed by the ring, against
 //	            the raw underlay
+//	churn       pings between random live nodes of a 32-node ring while
+//	            nodes are killed and restarted, for 10 minutes
 //	idle        memory, CPU and uplink traffic of an idle node in a
 //	            32-node ring
 //	ring        the ring's routing code over 100 to 100,000 simulated nodes
@@ -47,9 +49,10 @@ func main() {
 	pings := flag.Int("pings", 200, "pings per path for the RTT")
 	wireguardGo := flag.String("wireguard-go", "wireguard-go", "path of the wireguard-go binary (peers)")
 	seed := flag.Uint64("seed", 1, "random seed of the simulated ring (ring)")
+	churnFor := flag.Duration("churn-for", 10*time.Minute, "how long nodes are killed and restarted (churn)")
 	offloads := flag.Bool("offloads", true, "open the nodes' TAP devices with offloads (tap.offloads)")
 	flag.Usage = func() {
-		fmt.Fprintf(flag.CommandLine.Output(), "usage: ringbench [flags] BENCHMARK\n\nBenchmarks: throughput, peers, ring, migration, join, shortcut, idle\n\nFlags:\n")
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: ringbench [flags] BENCHMARK\n\nBenchmarks: throughput, peers, ring, migration, join, shortcut, idle, churn\n\nFlags:\n")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
@@ -81,6 +84,8 @@ func main() {
 		err = shortcutBench(ctx, opts, base, 10, *runs, *seconds)
 	case "idle":
 		err = idle(ctx, opts, base, 32, 60*time.Second, 60*time.Second)
+	case "churn":
+		err = churn(ctx, opts, base, 32, *churnFor)
 	default:
 		fmt.Fprintf(os.Stderr, "ringbench: no benchmark %q\n", name)
 		flag.Usage()
