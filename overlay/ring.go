@@ -89,6 +89,7 @@ const (
 const (
 	ctlList   byte = 1 // a routing.NeighbourList
 	ctlAnswer byte = 2 // a routing.ConnectToMe answering a request
+	ctlSTUN   byte = 3 // STUN credentials for the peer to use with this node (stun.go)
 )
 
 // request is a connect-to-me awaiting its answer.

@@ -36,6 +36,9 @@ func (r *ringManager) countTraffic(ctx context.Context, now time.Time) {
 		n := p.txPackets.Load() + p.rxPackets.Load()
 		if last, ok := r.counted[p.id]; n != last || !ok {
 			r.counted[p.id] = n
+			if n < last {
+				last = 0 // a new peer with the same ID counts from zero
+			}
 			r.shortcuts.Count(p.id, n-last, now)
 		}
 		if at := p.directAt.Load(); at != 0 {
@@ -91,8 +94,8 @@ func (r *ringManager) countTraffic(ctx context.Context, now time.Time) {
 	if r.rounds%sweepEvery == 0 {
 		r.shortcuts.Forget(now)
 		for id := range r.counted {
-			if r.shortcuts.Score(id, now) == 0 && !r.hasPeer(peers, id) {
-				delete(r.counted, id)
+			if byID[id] == nil {
+				delete(r.counted, id) // the peer is gone
 			}
 		}
 	}
@@ -110,13 +113,4 @@ func (r *ringManager) countTraffic(ctx context.Context, now time.Time) {
 			r.mu.Unlock()
 		}
 	}
-}
-
-func (r *ringManager) hasPeer(peers []*Peer, id peer.ID) bool {
-	for _, p := range peers {
-		if p.id == id {
-			return true
-		}
-	}
-	return false
 }

@@ -45,9 +45,11 @@ const (
 	MappingNone        Mapping = "none"                 // no NAT: the socket's own address
 	MappingIndependent Mapping = "endpoint-independent" // one public mapping for every destination
 	MappingDependent   Mapping = "address-dependent"    // a new mapping per destination
-	ctlSTUN                    = byte(3)                // control message: STUN credentials for the peer
-	stunCredLen                = 16
 )
+
+// stunCredLen is the length of a username and of a password, in bytes
+// before hex encoding.
+const stunCredLen = 16
 
 type stunCred struct {
 	user, pass string

@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -127,7 +126,9 @@ func natPair(t *testing.T, kind testbed.NATKind, base node.Config) (vms []*ringV
 		if t.Failed() {
 			bed.DumpLogs(30)
 		}
-		if t.Failed() && os.Getenv("RINGNET_DEBUG_DUMP") != "" {
+		if t.Failed() {
+			// How the NATs mapped the nodes' sockets tells why a
+			// punch failed.
 			for _, ns := range bed.Namespaces() {
 				if strings.Contains(ns, "nat") {
 					out, _ := exec.Command("ip", "netns", "exec", ns, "sh", "-c", "cat /proc/net/nf_conntrack | grep udp; nft list ruleset").CombinedOutput()
@@ -178,12 +179,6 @@ func TestShortcutPunchedThroughNATs(t *testing.T) {
 				}
 			}
 			t.Logf("%s (%s) log:\n%s", v.vip, v.id, strings.Join(keep, "\n"))
-		}
-		if os.Getenv("RINGNET_DEBUG_DUMP") != "" {
-			a.vm.Output(context.Background(), "pkill", "-QUIT", "-f", a.vm.ConfigPath())
-			time.Sleep(time.Second)
-			b, _ := os.ReadFile(a.vm.LogPath())
-			os.WriteFile("/tmp/a-dump.log", b, 0o644)
 		}
 	})
 	if err := a.vm.WaitReachable(ctx, b.vip); err != nil {
