@@ -5,6 +5,16 @@
 //	ringnet status [--json] [--config FILE | --state-dir DIR]
 //	ringnet version
 //
+// Certificates (see namespace.go): a ring admits, and a namespace accepts
+// as a member, only peers with a certificate chain from its owner key.
+//
+//	ringnet ring create -name NAME -out DIR
+//	ringnet namespace create -name NAME -subnet PREFIX -lease DURATION -out DIR
+//	ringnet ring|namespace admit -key KEYFILE [-chain CHAINFILE] -peer PEERID -days N -out FILE
+//	ringnet ring|namespace delegate -key KEYFILE [-chain CHAINFILE] -out-key KEYFILE -days N -out FILE
+//	ringnet ring|namespace revoke -key OWNERKEY (-cert CHAINFILE | -serial HEX) -out FILE
+//	ringnet cert show [-root KEY] FILE
+//
 // Exit status: 0 on success, 1 on a runtime failure, 2 on bad usage or a
 // bad config.
 package main
@@ -28,6 +38,7 @@ import (
 
 	"github.com/ringnet/ringnet/node"
 	"github.com/ringnet/ringnet/overlay"
+	"github.com/ringnet/ringnet/overlay/cert"
 )
 
 const usage = `usage:
@@ -35,6 +46,19 @@ const usage = `usage:
   ringnet id [--config FILE | --state-dir DIR]
   ringnet status [--json] [--config FILE | --state-dir DIR]
   ringnet version
+
+  ringnet ring create -name NAME -out DIR
+  ringnet namespace create -name NAME -subnet PREFIX -lease DURATION -out DIR
+      make an owner key DIR/SCOPE-NAME.key and its settings DIR/SCOPE-NAME.toml;
+      print the owner public key, which node configs name as the root
+  ringnet ring|namespace admit -key KEYFILE [-chain CHAINFILE] -peer PEERID -days N -out FILE
+      write the certificate chain that admits a peer; -chain goes with a delegate key
+  ringnet ring|namespace delegate -key KEYFILE [-chain CHAINFILE] -out-key KEYFILE -days N -out FILE
+      make an enrollment key and the chain that lets it admit peers
+  ringnet ring|namespace revoke -key OWNERKEY (-cert CHAINFILE | -serial HEX) -out FILE
+      append a revocation, signed by the owner key, to a revocation list file
+  ringnet cert show [-root KEY] FILE
+      print a certificate chain or revocation list; with -root, verify it
 `
 
 // usageError makes main exit with status 2.
@@ -67,6 +91,12 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return id(args, stdout)
 	case "status":
 		return status(args, stdout)
+	case "ring":
+		return scopeCommand(cert.Ring, args, stdout, stderr)
+	case "namespace":
+		return scopeCommand(cert.Namespace, args, stdout, stderr)
+	case "cert":
+		return certCommand(args, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "ringnet", node.Version)
 		return nil
