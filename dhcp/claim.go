@@ -61,6 +61,9 @@ const (
 	// provisionalLease bounds how long an abandoned claim blocks an
 	// address.
 	provisionalLease = 30 * time.Second
+	// maxPutRounds bounds how often one address's record is put again
+	// while no rival's shows up but too few replicas hold ours.
+	maxPutRounds = 3
 	// maxClaimAttempts bounds the addresses one Claim reads, so a full
 	// /16 does not cost thousands of lookups.
 	maxClaimAttempts = 64
@@ -264,36 +267,43 @@ func (c *Claimer) try(ctx context.Context, ip netip.Addr, refused *error) (l Lea
 		return Lease{}, false, nil
 	}
 
-	now := c.cfg.Now()
-	prov, err := c.sign(ip, now, now.Add(min(c.cfg.LeaseTime, provisionalLease)), t.mineExpires)
-	if err != nil {
-		return Lease{}, false, err
-	}
-	if err := c.cfg.Store.Put(ctx, key, prov); err != nil {
-		// The replicas may all hold a rival's record by now; counting
-		// them tells.
-		c.log.Debug("provisional lease not stored", "addr", ip, "err", err)
-		*refused = err
-	}
-	select {
-	case <-time.After(c.cfg.Settle):
-	case <-ctx.Done():
-		return Lease{}, false, ctx.Err()
-	}
-
-	t, err = c.count(ctx, key)
-	if err != nil {
-		return Lease{}, false, fmt.Errorf("claim %v: %w", ip, err)
-	}
-	if !t.majority() {
-		c.log.Debug("claim lost", "addr", ip, "ours", t.mine, "asked", t.asked)
-		return Lease{}, false, nil
+	// The replicas can change while we claim (a node joins next to the
+	// key and has not seen our record): while no rival shows up, put the
+	// record again rather than give the address up.
+	for round := 1; ; round++ {
+		now := c.cfg.Now()
+		prov, err := c.sign(ip, now, now.Add(min(c.cfg.LeaseTime, provisionalLease)), t.mineExpires)
+		if err != nil {
+			return Lease{}, false, err
+		}
+		if err := c.cfg.Store.Put(ctx, key, prov); err != nil {
+			// The replicas may all hold a rival's record by now;
+			// counting them tells.
+			c.log.Debug("provisional lease not stored", "addr", ip, "err", err)
+			*refused = err
+		}
+		select {
+		case <-time.After(c.cfg.Settle):
+		case <-ctx.Done():
+			return Lease{}, false, ctx.Err()
+		}
+		t, err = c.count(ctx, key)
+		if err != nil {
+			return Lease{}, false, fmt.Errorf("claim %v: %w", ip, err)
+		}
+		if t.majority() {
+			break
+		}
+		if t.others > 0 || round == maxPutRounds {
+			c.log.Debug("claim lost", "addr", ip, "ours", t.mine, "others", t.others, "asked", t.asked)
+			return Lease{}, false, nil
+		}
 	}
 	if t.asked == 0 {
 		c.log.Warn("no other node to hold the lease: claiming alone", "addr", ip)
 	}
 
-	now = c.cfg.Now()
+	now := c.cfg.Now()
 	full, err := c.sign(ip, now, now.Add(c.cfg.LeaseTime), t.mineExpires)
 	if err != nil {
 		return Lease{}, false, err

@@ -30,11 +30,28 @@ type Config struct {
 	// ending in /p2p/<peer ID>. One reachable node is enough; a node
 	// with none starts a ring of its own that others join.
 	Bootstrap []string `toml:"bootstrap"`
+	// Namespace is the virtual network the VM's address comes from.
+	Namespace NamespaceConfig `toml:"namespace"`
 	// Shortcuts tunes when nodes that talk over the ring link directly.
 	Shortcuts ShortcutConfig `toml:"shortcuts"`
 	// Peers are nodes to keep a direct link to, outside the ring's
 	// policy.
 	Peers []Peer `toml:"peer"`
+}
+
+// NamespaceConfig names the VM's virtual network: the node claims an
+// address for its VM in the namespace's subnet, as a lease held in the
+// overlay's DHT.
+type NamespaceConfig struct {
+	// Name of the namespace (default "default"): lowercase letters,
+	// digits, '-' and '.'.
+	Name string `toml:"name,omitempty"`
+	// Subnet is the virtual subnet, such as 10.128.0.0/16. It may be left
+	// out when tap.address names the subnet.
+	Subnet string `toml:"subnet,omitempty"`
+	// Settle is how long a claim waits before the node checks that the
+	// DHT kept it (default "1s").
+	Settle string `toml:"settle,omitempty"`
 }
 
 // ShortcutConfig is the shortcut policy (routing.ShortcutPolicy); zero
@@ -61,8 +78,9 @@ type ShortcutConfig struct {
 type TAPConfig struct {
 	// Name of the TAP device, at most 15 bytes.
 	Name string `toml:"name"`
-	// Address is the VM's virtual address with the virtual subnet's prefix
-	// length, such as 10.128.0.1/16.
+	// Address, if set, is the address the node claims for its VM first,
+	// with the virtual subnet's prefix length, such as 10.128.0.1/16.
+	// Without it the node picks a free address from namespace.subnet.
 	Address string `toml:"address"`
 	// UnderlayMTU is the MTU of the physical network; the TAP MTU leaves
 	// room below it for the overlay's headers.
@@ -103,6 +121,8 @@ const (
 	DefaultDataPort    = 4151
 	DefaultStateDir    = "/var/lib/ringnet"
 	DefaultLeaseTime   = time.Hour
+	DefaultNamespace   = "default"
+	DefaultSettle      = time.Second
 )
 
 // ConfigError is a config that cannot be used: it names the field, or the
@@ -182,6 +202,12 @@ func (c *Config) setDefaults() {
 	if c.TAP.DHCP == nil {
 		c.TAP.DHCP = ptr(true)
 	}
+	if c.Namespace.Name == "" {
+		c.Namespace.Name = DefaultNamespace
+	}
+	if c.Namespace.Settle == "" {
+		c.Namespace.Settle = DefaultSettle.String()
+	}
 	if c.TAP.LeaseTime == "" {
 		c.TAP.LeaseTime = DefaultLeaseTime.String()
 	}
@@ -212,11 +238,17 @@ func (c *Config) Validate() error {
 	if strings.ContainsAny(c.TAP.Name, "/ \t\n%") {
 		return fieldErr("tap.name", "%q is not a valid interface name", c.TAP.Name)
 	}
-	if c.TAP.Address == "" {
-		return fieldErr("tap.address", "missing (the VM's virtual address, such as 10.128.0.1/16)")
+	if c.TAP.Address == "" && c.Namespace.Subnet == "" {
+		return fieldErr("namespace.subnet", "missing (the virtual subnet, such as 10.128.0.0/16; or give tap.address)")
 	}
-	if _, err := c.VirtualPrefix(); err != nil {
+	if _, err := c.Subnet(); err != nil {
 		return err
+	}
+	if !validNamespace(c.Namespace.Name) {
+		return fieldErr("namespace.name", "%q is not 1 to 64 of a-z, 0-9, '-' and '.'", c.Namespace.Name)
+	}
+	if d, err := time.ParseDuration(c.Namespace.Settle); err != nil || d < 0 || d > time.Minute {
+		return fieldErr("namespace.settle", "%q is not a duration from 0s to 1m", c.Namespace.Settle)
 	}
 	if d, err := time.ParseDuration(c.TAP.LeaseTime); err != nil || d < 10*time.Second || d > 365*24*time.Hour {
 		return fieldErr("tap.lease_time", "%q is not a duration from 10s to 8760h", c.TAP.LeaseTime)
@@ -323,6 +355,63 @@ func (c *Config) BootstrapPeers() ([]peer.AddrInfo, error) {
 		out = append(out, *info)
 	}
 	return out, nil
+}
+
+// Subnet returns the virtual subnet: namespace.subnet, or tap.address's.
+func (c *Config) Subnet() (netip.Prefix, error) {
+	var addr netip.Prefix
+	if c.TAP.Address != "" {
+		p, err := c.VirtualPrefix()
+		if err != nil {
+			return netip.Prefix{}, err
+		}
+		addr = p
+	}
+	if c.Namespace.Subnet == "" {
+		return addr.Masked(), nil
+	}
+	p, err := netip.ParsePrefix(c.Namespace.Subnet)
+	switch {
+	case err != nil:
+		return netip.Prefix{}, fieldErr("namespace.subnet", "%q: %v", c.Namespace.Subnet, err)
+	case !p.Addr().Is4():
+		return netip.Prefix{}, fieldErr("namespace.subnet", "%q is not IPv4 (IPv6 is not carried yet)", c.Namespace.Subnet)
+	case p.Bits() < 8 || p.Bits() > 29:
+		return netip.Prefix{}, fieldErr("namespace.subnet", "prefix length /%d is outside /8../29", p.Bits())
+	case p != p.Masked():
+		return netip.Prefix{}, fieldErr("namespace.subnet", "%q has host bits set (the subnet is %v)", c.Namespace.Subnet, p.Masked())
+	case addr.IsValid() && addr.Masked() != p:
+		return netip.Prefix{}, fieldErr("tap.address", "%v is not in namespace.subnet %v", addr, p)
+	}
+	return p, nil
+}
+
+// PreferredAddr is tap.address's address, if set: the one the node
+// claims first.
+func (c *Config) PreferredAddr() (netip.Addr, bool) {
+	if c.TAP.Address == "" {
+		return netip.Addr{}, false
+	}
+	p, err := c.VirtualPrefix()
+	return p.Addr(), err == nil
+}
+
+// SettleTime is namespace.settle parsed.
+func (c *Config) SettleTime() time.Duration {
+	d, _ := time.ParseDuration(c.Namespace.Settle) // validated
+	return d
+}
+
+func validNamespace(name string) bool {
+	if len(name) == 0 || len(name) > 64 {
+		return false
+	}
+	for _, r := range name {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '.') {
+			return false
+		}
+	}
+	return true
 }
 
 // VirtualPrefix returns tap.address parsed: the VM's address and its subnet.

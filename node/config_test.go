@@ -28,7 +28,11 @@ func TestParseConfigErrorsNameTheField(t *testing.T) {
 	cases := []struct {
 		name, text, field string
 	}{
-		{"no address", base, "tap.address"},
+		{"no address", base, "namespace.subnet"},
+		{"bad subnet", base + "[namespace]\nsubnet = \"10.128.0.1/16\"\n", "namespace.subnet"},
+		{"address outside subnet", base + "[tap]\naddress = \"10.129.0.1/16\"\n[namespace]\nsubnet = \"10.128.0.0/16\"\n", "tap.address"},
+		{"bad namespace name", base + "[namespace]\nname = \"Big Net\"\nsubnet = \"10.128.0.0/16\"\n", "namespace.name"},
+		{"bad settle", base + "[namespace]\nsubnet = \"10.128.0.0/16\"\nsettle = \"2h\"\n", "namespace.settle"},
 		{"bad address", base + "[tap]\naddress = \"banana\"\n", "tap.address"},
 		{"lease time", base + "[tap]\naddress = \"10.128.0.1/16\"\nlease_time = \"soon\"\n", "tap.lease_time"},
 		{"IPv6 address", base + "[tap]\naddress = \"fd00::1/64\"\n", "tap.address"},

@@ -123,8 +123,14 @@ func (n *Node) Status() Status {
 		Version:   Version,
 		PeerID:    n.ov.ID().String(),
 		DataAddr:  n.ov.DataAddr().String(),
-		VirtualIP: n.prefix.Addr().String(),
-		Subnet:    n.prefix.Masked().String(),
+		Subnet:    n.subnet.String(),
+		Namespace: n.cfg.Namespace.Name,
+		Lease: LeaseStatus{
+			Claims:   n.lease.claims.Load(),
+			Lost:     n.lease.lost.Load(),
+			Offers:   n.lease.offerHistory(),
+			Counters: n.ov.AddrCounters(),
+		},
 		TAP: TAPStatus{
 			Name:       n.dev.Name(),
 			MTU:        n.mtu,
@@ -136,6 +142,11 @@ func (n *Node) Status() Status {
 		},
 		Drops: n.ov.Drops(),
 		Peers: []PeerStatus{},
+	}
+	if l, ok := n.Lease(); ok {
+		st.VirtualIP = l.IP.String()
+		st.Lease.Addr = l.IP.String()
+		st.Lease.Expires = l.Expires.UTC().Format(time.RFC3339)
 	}
 	st.TAP.Counters["from_vm_drop_bad_vnet_hdr_read"] = n.badVnetHdr.Load()
 	st.TAP.Counters["from_vm_drop_segment_failed"] = n.segmentFailed.Load()

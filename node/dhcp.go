@@ -14,12 +14,18 @@ import (
 func (n *Node) newDHCP() (*dhcp.Server, error) {
 	return dhcp.NewServer(dhcp.Config{
 		ServerMAC: n.gwMAC,
-		ServerIP:  GatewayAddr(n.prefix),
-		Subnet:    n.prefix.Masked(),
+		ServerIP:  GatewayAddr(n.subnet),
+		Subnet:    n.subnet,
 		MTU:       n.mtu,
 		LeaseTime: n.cfg.LeaseDuration(),
+		// The VM gets the node's lease once it is won; until then its
+		// client hears nothing and tries again.
 		Lease: func(dhcp.ClientID) (netip.Addr, bool) {
-			return n.prefix.Addr(), true
+			l, ok := n.Lease()
+			if ok {
+				n.lease.offered(l.IP)
+			}
+			return l.IP, ok
 		},
 		Released: func(client dhcp.ClientID, addr netip.Addr, declined bool) {
 			if declined {

@@ -15,6 +15,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	record "github.com/libp2p/go-libp2p-record"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/multiformats/go-multiaddr"
@@ -52,13 +53,16 @@ type Node struct {
 	cfg    *Config
 	log    *slog.Logger
 	key    crypto.PrivKey
-	prefix netip.Prefix
-	mtu    int
-	dev    tap.Device
-	gw     *tap.Gateway
-	ov     *overlay.Overlay
-	ctl    *controlServer
-	gwMAC  net.HardwareAddr
+	subnet netip.Prefix
+	// validator checks lease records; lease is the VM's (lease.go).
+	validator *dhcp.LeaseValidator
+	lease     leaseState
+	mtu       int
+	dev       tap.Device
+	gw        *tap.Gateway
+	ov        *overlay.Overlay
+	ctl       *controlServer
+	gwMAC     net.HardwareAddr
 	// offloads: the TAP hands over and takes vnet headers with 64 KiB
 	// TCP frames (datapath.go).
 	offloads tap.OffloadState
@@ -78,7 +82,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger, opts ...Option) (*N
 	for _, opt := range opts {
 		opt(&o)
 	}
-	prefix, err := cfg.VirtualPrefix()
+	subnet, err := cfg.Subnet()
 	if err != nil {
 		return nil, err
 	}
@@ -94,7 +98,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger, opts ...Option) (*N
 		cfg:    cfg,
 		log:    log,
 		key:    key,
-		prefix: prefix,
+		subnet: subnet,
 		mtu:    TAPMTU(cfg.TAP.UnderlayMTU),
 		gwMAC:  gatewayMAC(id),
 	}
@@ -118,9 +122,6 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger, opts ...Option) (*N
 		n.dev = o.device
 	} else {
 		tcfg := tap.Config{Name: cfg.TAP.Name, MTU: n.mtu, Offloads: *cfg.TAP.Offloads}
-		if *cfg.TAP.ConfigureAddress {
-			tcfg.Addr = prefix
-		}
 		dev, err := tap.Open(tcfg)
 		if err != nil {
 			return nil, fmt.Errorf("open TAP %s: %w", cfg.TAP.Name, err)
@@ -133,9 +134,12 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger, opts ...Option) (*N
 		}
 	}
 
-	gwAddr := GatewayAddr(prefix)
+	n.validator = n.leaseValidator()
+	gwAddr := GatewayAddr(subnet)
+	// The gateway starts with no VM address: the VM gets one when the
+	// lease is won (lease.go). Until then only its DHCP client is heard.
 	n.gw, err = tap.NewGateway(tap.GatewayConfig{
-		Addr:       prefix,
+		Addr:       netip.PrefixFrom(subnet.Addr().Next(), subnet.Bits()),
 		GatewayMAC: n.gwMAC,
 		VMMAC:      vmMAC,
 		MTU:        n.mtu,
@@ -156,8 +160,9 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger, opts ...Option) (*N
 		Identity:       key,
 		ControlAddrs:   cfg.Listen.Control,
 		DataAddr:       dataAddr,
-		VirtualAddrs:   []netip.Addr{prefix.Addr()},
-		VirtualSubnets: []netip.Prefix{prefix.Masked()},
+		VirtualSubnets: []netip.Prefix{subnet},
+		DHT:            &overlay.DHTConfig{Validator: record.NamespacedValidator{"lease": n.validator}, Admit: n.admit},
+		Resolve:        n.resolve,
 		Ring:           true,
 		Bootstrap:      boot,
 		PeersFile:      filepath.Join(cfg.StateDir, "peers.json"),
@@ -184,8 +189,15 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger, opts ...Option) (*N
 		}
 	}
 
+	if err := n.gw.SetVMAddr(netip.Addr{}); err != nil {
+		return nil, err
+	}
 	n.ctl.handle(n.Status)
-	n.wg.Add(2)
+	n.wg.Add(3)
+	go func() {
+		defer n.wg.Done()
+		n.keepLease(ctx)
+	}()
 	go func() {
 		defer n.wg.Done()
 		if n.offloads.VnetHdr {
@@ -200,7 +212,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger, opts ...Option) (*N
 	}()
 	context.AfterFunc(ctx, func() { n.close() })
 	ok = true
-	log.Info("node up", "peer_id", id, "virtual_ip", prefix, "tap", n.dev.Name(),
+	log.Info("node up", "peer_id", id, "namespace", cfg.Namespace.Name, "subnet", subnet, "tap", n.dev.Name(),
 		"mtu", n.mtu, "offloads", n.offloads, "data", n.ov.DataAddr(), "control", n.ov.Host().Addrs())
 	return n, nil
 }

@@ -41,18 +41,37 @@ func startNode(t *testing.T, ctx context.Context, addr string, peers ...*vmNode)
 		}
 		cfg.Peers = append(cfg.Peers, Peer{ID: p.ID().String(), Addrs: addrs})
 	}
+	cfg.Namespace.Settle = "50ms"
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
 	vm, dev := tap.NewPipe()
 	mac := net.HardwareAddr{0x02, 0, 0, 0, 0, byte(len(peers) + 1)}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	var logTo io.Writer = io.Discard
+	if testing.Verbose() {
+		logTo = t.Output()
+	}
+	log := slog.New(slog.NewTextHandler(logTo, nil))
 	n, err := New(ctx, cfg, log, WithDevice(dev, mac))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(n.Wait)
+	// The VM's address is usable once the node has won its lease.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if l, ok := n.Lease(); ok {
+			if want := netip.MustParsePrefix(addr).Addr(); l.IP != want {
+				t.Fatalf("lease on %v, want the configured %v", l.IP, want)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no lease within 10 s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	return &vmNode{Node: n, vm: vm, mac: mac, dir: dir}
 }
 

@@ -1,21 +1,47 @@
 package node
 
+import "time"
+
 // Status is what `ringnet status --json` prints: a snapshot of a running
 // node. docs/operations.md documents each field; fields are only added,
 // never renamed, so scripts keep working.
 type Status struct {
-	Version   string       `json:"version"`
-	PeerID    string       `json:"peer_id"`
-	Addresses []string     `json:"addresses"` // control multiaddrs
-	DataAddr  string       `json:"data_addr"` // UDP data socket
+	Version   string   `json:"version"`
+	PeerID    string   `json:"peer_id"`
+	Addresses []string `json:"addresses"` // control multiaddrs
+	DataAddr  string   `json:"data_addr"` // UDP data socket
+	// VirtualIP is the VM's address, empty until the lease is won.
 	VirtualIP string       `json:"virtual_ip"`
 	Subnet    string       `json:"subnet"`
+	Namespace string       `json:"namespace"`
+	Lease     LeaseStatus  `json:"lease"`
 	TAP       TAPStatus    `json:"tap"`
 	Ring      RingStatus   `json:"ring"`
 	NAT       NATStatus    `json:"nat"`
 	Peers     []PeerStatus `json:"peers"`
 	// Drops counts datagrams the data path refused, by reason.
 	Drops map[string]uint64 `json:"drops"`
+}
+
+// LeaseStatus is the VM's lease in the DHT, and how addresses resolve.
+type LeaseStatus struct {
+	Addr    string `json:"addr,omitempty"`
+	Expires string `json:"expires,omitempty"` // RFC 3339
+	// Claims counts claims started, Lost leases lost to another node.
+	Claims uint64 `json:"claims"`
+	Lost   uint64 `json:"lost"`
+	// Offers lists the addresses the DHCP server handed the VM, oldest
+	// first (at most 16).
+	Offers []OfferStatus `json:"offers"`
+	// Counters count address lookups and the DHT's refusals.
+	Counters map[string]uint64 `json:"counters"`
+}
+
+// OfferStatus is one address the VM was offered, and when.
+type OfferStatus struct {
+	Addr  string    `json:"addr"`
+	First time.Time `json:"first"`
+	Last  time.Time `json:"last"`
 }
 
 // TAPStatus describes the VM's device and the virtual gateway.

@@ -33,7 +33,7 @@ func (o *Overlay) greet(p *Peer, dataPort uint16, viaRing bool) (*greeting, erro
 		eph:      eph,
 		index:    s.localIndex,
 		dataPort: dataPort,
-		addrs:    o.cfg.VirtualAddrs,
+		addrs:    o.VirtualAddrs(),
 	}
 	if err := h.sign(o.cfg.Identity, o.host.ID(), p.id, nil); err != nil {
 		o.dropIndex(s.localIndex)
@@ -73,7 +73,7 @@ func (o *Overlay) answer(p *Peer, init *hello, dataPort uint16, viaRing bool) (*
 		eph:      eph,
 		index:    s.localIndex,
 		dataPort: dataPort,
-		addrs:    o.cfg.VirtualAddrs,
+		addrs:    o.VirtualAddrs(),
 	}
 	if err := resp.sign(o.cfg.Identity, p.id, o.host.ID(), &init.eph); err != nil {
 		o.dropIndex(s.localIndex)

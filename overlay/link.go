@@ -111,6 +111,12 @@ type Peer struct {
 	o  *Overlay
 	id peer.ID
 
+	// Packets whose source address is being checked (addrs.go).
+	heldMu   sync.Mutex
+	checking []netip.Addr
+	held     []heldPacket
+	heldSize int
+
 	// sendSession is what outgoing datagrams are sealed under.
 	sendSession atomic.Pointer[session]
 	path        atomic.Int32 // a Path
@@ -287,7 +293,7 @@ func (p *Peer) tickRing(now time.Time) {
 		p.requestRekey("peer silent")
 	}
 	viaRing := p.currentViaRing()
-	if wanted && pend == nil && (p.wantHandshake(now) || !viaRing) {
+	if wanted && pend == nil && (p.wantHandshake(now) || !viaRing || p.unconfirmedRing(now)) {
 		if err := p.initiateRing(); err != nil {
 			p.o.log.Debug("ring handshake", "peer", p.id, "err", err)
 		}
@@ -315,6 +321,16 @@ func (p *Peer) tickRing(now time.Time) {
 		}
 	}
 	p.ping(now)
+}
+
+// unconfirmedRing reports whether the current session is one over the
+// ring that we answered but the initiator never confirmed: it gave up on
+// it, and we must handshake ourselves or never send.
+func (p *Peer) unconfirmedRing(now time.Time) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s := p.current
+	return s != nil && s.viaRing && !s.sendReady.Load() && now.Sub(s.created) > ringHandshakeTimeout
 }
 
 // punchedUp reports whether a punched UDP path carries the peer's packets:
@@ -840,7 +856,7 @@ func (p *Peer) respond(st network.Stream) error {
 // control connection's remote IP with the announced data port) from a
 // verified hello.
 func (p *Peer) learn(c network.Conn, h *hello) {
-	p.o.setAddrs(p, h.addrs)
+	p.o.helloAddrs(p, h.addrs)
 	if p.endpoint.Load() != nil {
 		return // the peer's datagrams told us where it is; keep that
 	}

@@ -84,6 +84,14 @@ type Config struct {
 	Router Router
 	// AEAD forces one suite; zero picks per link.
 	AEAD Suite
+	// DHT, if set, runs the overlay's record store (dht.go).
+	DHT *DHTConfig
+	// Resolve, if set, says which node holds a virtual address, from the
+	// lease records; it returns ErrNotHeld for an address no one holds.
+	// With it, a peer's hello only names addresses to check (addrs.go).
+	// Without it, hellos are believed and the ring's own address records
+	// are used (resolve.go).
+	Resolve func(ctx context.Context, d *DHT, ip netip.Addr) (peer.ID, error)
 	// AddrsLearned, if set, is told of a peer's virtual addresses each
 	// time packets to it can start to flow (a session is ready): the
 	// gateway tells the VM of those it asked for in vain. It must not
@@ -131,6 +139,8 @@ type Overlay struct {
 	ring      *ringManager // nil without Config.Ring
 	stun      stunState
 	punches   punchCounters
+	addrs     addrResolver
+	dht       *DHT // nil without Config.DHT
 }
 
 type indexEntry struct {
@@ -176,6 +186,14 @@ func New(ctx context.Context, cfg Config) (*Overlay, error) {
 	o.ringAddr = routing.AddrFromPeer(h.ID())
 	o.routeBufs = newRouteBufs()
 	o.stun.init()
+	o.addrs.init(cfg.VirtualAddrs)
+	if cfg.DHT != nil {
+		if o.dht, err = newDHT(h, *cfg.DHT); err != nil {
+			h.Close()
+			udp.Close()
+			return nil, err
+		}
+	}
 	o.ctx, o.cancel = context.WithCancel(ctx)
 	o.router = cfg.Router
 	if cfg.Ring {
@@ -194,6 +212,9 @@ func New(ctx context.Context, cfg Config) (*Overlay, error) {
 	}
 	return o, nil
 }
+
+// DHT is the overlay's record store, or nil without Config.DHT.
+func (o *Overlay) DHT() *DHT { return o.dht }
 
 // ID is this node's peer ID.
 func (o *Overlay) ID() peer.ID { return o.host.ID() }
@@ -286,11 +307,10 @@ func (o *Overlay) route(dst netip.Addr, count int) (*Peer, error) {
 	o.mu.RUnlock()
 	if p == nil {
 		o.drops.noRoute.Add(uint64(count))
-		if o.ring != nil {
-			o.ring.resolve(dst)
-		}
+		o.lookupAddr(dst)
 		return nil, ErrNoRoute
 	}
+	o.recheck(dst)
 	return p, nil
 }
 
@@ -313,8 +333,8 @@ func (o *Overlay) Holds(addr netip.Addr) bool {
 	o.mu.RLock()
 	held := o.byAddr[addr] != nil
 	o.mu.RUnlock()
-	if !held && o.ring != nil {
-		o.ring.resolve(addr)
+	if !held {
+		o.lookupAddr(addr)
 	}
 	return held
 }
@@ -391,7 +411,11 @@ func (o *Overlay) announce(p *Peer) {
 // Close shuts the overlay down and waits for its goroutines.
 func (o *Overlay) Close() error {
 	o.cancel()
-	err := errors.Join(o.udp.Close(), o.host.Close())
+	var dhtErr error
+	if o.dht != nil {
+		dhtErr = o.dht.Close()
+	}
+	err := errors.Join(dhtErr, o.udp.Close(), o.host.Close())
 	o.wg.Wait()
 	return err
 }

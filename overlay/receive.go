@@ -108,6 +108,9 @@ func (p *Peer) handle(rx Receiver, typ byte, dgram, pt []byte, via Path, from ne
 		p.onPunch(pt)
 	case typeData:
 		if !p.holdsSource(pt) {
+			if p.hold(pt) {
+				return
+			}
 			p.o.drops.spoofedSource.Add(1)
 			p.drops.Add(1)
 			return

@@ -140,6 +140,9 @@ func (v *resolver) counters(m map[string]uint64) {
 
 // register sends this node's address records when they are due.
 func (r *ringManager) register(now time.Time, near []peer.ID) {
+	if r.o.cfg.Resolve != nil {
+		return // lease records in the DHT say who holds what
+	}
 	v := &r.vips
 	v.mu.Lock()
 	nearChanged := !slices.Equal(near, v.near)
@@ -154,7 +157,7 @@ func (r *ringManager) register(now time.Time, near []peer.ID) {
 	if nearChanged {
 		r.handOver(now)
 	}
-	for _, ip := range r.o.cfg.VirtualAddrs {
+	for _, ip := range r.o.VirtualAddrs() {
 		if !r.sendVIP(vipKey(ip), &vipMsg{Op: vipRegister, IP: ip, Peer: r.o.host.ID(), TTL: uint16(vipTTL / time.Second)}) {
 			v.mu.Lock()
 			v.registered = time.Time{} // again next round
@@ -198,7 +201,7 @@ func (r *ringManager) sendVIP(dst routing.Addr, m *vipMsg) bool {
 // answers and a session with it is up.
 func (r *ringManager) resolve(ip netip.Addr) {
 	if !ip.Is4() || !slices.ContainsFunc(r.o.cfg.VirtualSubnets, func(p netip.Prefix) bool { return p.Contains(ip) }) ||
-		slices.Contains(r.o.cfg.VirtualAddrs, ip) {
+		slices.Contains(r.o.VirtualAddrs(), ip) {
 		return
 	}
 	now := time.Now()
@@ -310,7 +313,7 @@ func (r *ringManager) onVIP(rh routing.Header, body []byte) {
 // ownerOf returns who holds ip by the records this node stores, or this
 // node itself.
 func (r *ringManager) ownerOf(ip netip.Addr, now time.Time) (peer.ID, time.Duration) {
-	if slices.Contains(r.o.cfg.VirtualAddrs, ip) {
+	if slices.Contains(r.o.VirtualAddrs(), ip) {
 		return r.o.host.ID(), vipTTL
 	}
 	v := &r.vips

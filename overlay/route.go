@@ -444,7 +444,7 @@ func (p *Peer) respondRing(init *hello) error {
 	if err != nil {
 		return err
 	}
-	p.o.setAddrs(p, init.addrs)
+	p.o.helloAddrs(p, init.addrs)
 	// Send only after the initiator's first datagram under these keys.
 	p.install(s, false)
 	return p.sendHandshake(resp.marshal())
@@ -464,7 +464,7 @@ func (p *Peer) completeRing(resp *hello) error {
 	if err := p.o.finish(p, pend.greeting, resp); err != nil {
 		return err
 	}
-	p.o.setAddrs(p, resp.addrs)
+	p.o.helloAddrs(p, resp.addrs)
 	p.install(pend.greeting.session, true) // confirm sets the path
 	// The first datagram under the new keys confirms them to the peer.
 	p.ping(time.Now())

@@ -121,10 +121,10 @@ type Result struct {
 
 // Gateway is the VM's virtual gateway. Create it with NewGateway.
 type Gateway struct {
-	vm        uint32 // the VM's address
-	mask      uint32 // subnet mask
-	network   uint32 // subnet address
-	broadcast uint32 // subnet broadcast address
+	vm        atomic.Uint32 // the VM's address; 0 until it holds one
+	mask      uint32        // subnet mask
+	network   uint32        // subnet address
+	broadcast uint32        // subnet broadcast address
 	gwMAC     [6]byte
 	mtu       int
 	holds     func(netip.Addr) bool
@@ -177,7 +177,6 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 	mask := ^uint32(0) << (32 - cfg.Addr.Bits())
 	vm := addrUint32(cfg.Addr.Addr())
 	g := &Gateway{
-		vm:        vm,
 		mask:      mask,
 		network:   vm & mask,
 		broadcast: vm | ^mask,
@@ -194,6 +193,7 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 	if vm == g.network || vm == g.broadcast {
 		return nil, fmt.Errorf("gateway: %v is the subnet's network or broadcast address", cfg.Addr)
 	}
+	g.vm.Store(vm)
 	if cfg.VMMAC != nil {
 		g.vmMAC.Store(macUint64(cfg.VMMAC))
 	}
@@ -204,6 +204,21 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 		g.pathMTU, g.minPMTU = cfg.PathMTU, cfg.MinPathMTU
 	}
 	return g, nil
+}
+
+// SetVMAddr changes the VM's own address (its lease changed); the zero
+// Addr means it holds none, and its packets are dropped.
+func (g *Gateway) SetVMAddr(a netip.Addr) error {
+	if !a.IsValid() {
+		g.vm.Store(0)
+		return nil
+	}
+	v := addrUint32(a)
+	if !a.Is4() || v&g.mask != g.network || v == g.network || v == g.broadcast {
+		return fmt.Errorf("gateway: %v is not a host address of the subnet", a)
+	}
+	g.vm.Store(v)
+	return nil
 }
 
 // mtuTo returns the MTU of the path to dst for a packet of n bytes.
@@ -329,7 +344,7 @@ func (g *Gateway) arpFromVM(frame, replyBuf []byte) Result {
 	}
 	target := binary.BigEndian.Uint32(tpa)
 	switch {
-	case target == g.vm:
+	case target == g.vm.Load():
 		// Never claim the VM's own address: its DHCP client and
 		// duplicate address detection probe it, and an answer would
 		// make the VM decline its address.
@@ -411,7 +426,7 @@ func (g *Gateway) Announce(addr netip.Addr, buf []byte) []byte {
 	}
 	var mac [8]byte
 	binary.BigEndian.PutUint64(mac[:], vmMAC)
-	vm := binary.BigEndian.AppendUint32(nil, g.vm)
+	vm := binary.BigEndian.AppendUint32(nil, g.vm.Load())
 	r := buf[:arpReplyLen]
 	copy(r[0:6], mac[2:])
 	copy(r[6:12], g.gwMAC[:])
@@ -475,14 +490,15 @@ func (g *Gateway) checkIPv4FromVM(frame []byte) ([]byte, netip.Addr, fromVMCount
 	}
 	src := binary.BigEndian.Uint32(pkt[12:16])
 	dst := binary.BigEndian.Uint32(pkt[16:20])
+	vm := g.vm.Load()
 	switch {
-	case src != g.vm:
+	case vm == 0 || src != vm:
 		// The far end would drop it (the source must be leased to the
 		// sender); spare the overlay the trip.
 		return nil, netip.Addr{}, fromVMDropBadSource
 	case dst&g.mask != g.network:
 		return nil, netip.Addr{}, fromVMDropDstOutsideSubnet
-	case dst == g.vm:
+	case dst == vm:
 		return nil, netip.Addr{}, fromVMDropDstOwnAddress
 	case dst == g.network || dst == g.broadcast:
 		return nil, netip.Addr{}, fromVMDropDstBroadcast
@@ -583,11 +599,12 @@ func (g *Gateway) ToVM(buf []byte) (frame []byte, ok bool) {
 	}
 	src := binary.BigEndian.Uint32(pkt[12:16])
 	dst := binary.BigEndian.Uint32(pkt[16:20])
-	if dst != g.vm {
+	vm := g.vm.Load()
+	if vm == 0 || dst != vm {
 		g.toVM[toVMDropNotForVM].Add(1)
 		return nil, false
 	}
-	if src&g.mask != g.network || src == g.vm || src == g.network || src == g.broadcast {
+	if src&g.mask != g.network || src == vm || src == g.network || src == g.broadcast {
 		// The VM would not route a reply back here.
 		g.toVM[toVMDropBadSource].Add(1)
 		return nil, false

@@ -280,11 +280,11 @@ func checkForwardable(t *testing.T, g *Gateway, pkt []byte, dst netip.Addr) {
 	if hdrDst := netip.AddrFrom4([4]byte(pkt[16:20])); hdrDst != dst {
 		t.Errorf("Dst %v, header says %v", dst, hdrDst)
 	}
-	if src := netip.AddrFrom4([4]byte(pkt[12:16])); src != uint32Addr(g.vm) {
+	if src := netip.AddrFrom4([4]byte(pkt[12:16])); src != uint32Addr(g.vm.Load()) {
 		t.Errorf("source %v is not the VM", src)
 	}
 	d := addrUint32(dst)
-	if d&g.mask != g.network || d == g.vm || d == g.network || d == g.broadcast {
+	if d&g.mask != g.network || d == g.vm.Load() || d == g.network || d == g.broadcast {
 		t.Errorf("forwarded to %v", dst)
 	}
 }
@@ -309,7 +309,7 @@ func checkReply(t *testing.T, g *Gateway, frame, reply []byte) {
 			t.Errorf("ARP reply\n% x, want\n% x", a[:arpLen], want)
 		}
 		target := addrUint32(netip.AddrFrom4([4]byte(a[arpOffSPA:])))
-		if target == g.vm || target&g.mask != g.network {
+		if target == g.vm.Load() || target&g.mask != g.network {
 			t.Errorf("ARP reply claims %v", uint32Addr(target))
 		}
 	case etherTypeIPv4:

@@ -196,6 +196,36 @@ func (d *Linux) configure(cfg Config) error {
 	return nil
 }
 
+// SetAddr makes p the device's only IPv4 address; the zero Prefix
+// removes them all. The node calls it as its VM's lease changes, for
+// hosts with no DHCP client.
+func (d *Linux) SetAddr(p netip.Prefix) error {
+	link, err := netlink.LinkByIndex(d.index)
+	if err != nil {
+		return fmt.Errorf("tap %s: find link: %w", d.name, err)
+	}
+	addrs, err := netlink.AddrList(link, netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("tap %s: list addresses: %w", d.name, err)
+	}
+	for _, a := range addrs {
+		if ones, _ := a.Mask.Size(); p.IsValid() && a.IP.Equal(p.Addr().AsSlice()) && ones == p.Bits() {
+			return nil // already there
+		}
+		if err := netlink.AddrDel(link, &a); err != nil {
+			return fmt.Errorf("tap %s: remove address %v: %w", d.name, a.IPNet, err)
+		}
+	}
+	if !p.IsValid() {
+		return nil
+	}
+	addr := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), 32)}}
+	if err := netlink.AddrAdd(link, addr); err != nil {
+		return fmt.Errorf("tap %s: add address %v: %w", d.name, p, err)
+	}
+	return nil
+}
+
 // ReadFrame reads one Ethernet frame into buf, which should hold MTU() +
 // EthHeaderLen bytes: the kernel cuts longer frames to fit. With offloads
 // the frame comes after a VirtioNetHdr and may be up to 64 KiB: buf should

@@ -1,6 +1,8 @@
 package integration
 
 import (
+	"context"
+	"fmt"
 	"os"
 	"strconv"
 	"syscall"
@@ -86,6 +88,14 @@ func TestColdMigrationKeepsIdentity(t *testing.T) {
 	}
 	cfg := a.NodeConfig()
 	cfg.StateDir = "" // the moved VM's own directory, which gets the copy
+	// The address comes back from the state directory's lease, not from
+	// the config.
+	subnet, err := cfg.Subnet()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.TAP.Address = ""
+	cfg.Namespace.Subnet = subnet.String()
 	id, err := a.PeerID(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -100,7 +110,7 @@ func TestColdMigrationKeepsIdentity(t *testing.T) {
 	if err := moved.StartNode(ctx, cfg); err != nil {
 		t.Fatal(err)
 	}
-	st, err := moved.Status(ctx)
+	st, err := waitLease(ctx, moved)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,5 +128,22 @@ func TestColdMigrationKeepsIdentity(t *testing.T) {
 	r, err := b.Ping(ctx, vipA, "-c", "5", "-i", "0.1", "-W", "2")
 	if err != nil || r.Received != 5 {
 		t.Errorf("ping after the move: %+v, %v", r, err)
+	}
+}
+
+// waitLease waits for vm's node to hold a lease, and returns its status.
+func waitLease(ctx context.Context, vm *testbed.VM) (node.Status, error) {
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	for {
+		st, err := vm.Status(ctx)
+		if err == nil && st.Lease.Addr != "" {
+			return st, nil
+		}
+		select {
+		case <-ctx.Done():
+			return st, fmt.Errorf("%s holds no lease: %v (last status error: %v)", vm.Name(), ctx.Err(), err)
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
 }

@@ -144,14 +144,14 @@ func describePeer(t *testing.T, a, b *ringVM) string {
 	if err != nil {
 		return err.Error()
 	}
-	out := fmt.Sprintf("  %s: drops %v\n  ring counters %v\n", a.vip, st.Drops, st.Ring.Counters)
+	out := fmt.Sprintf("  %s: drops %v\n  ring counters %v\n  lease %+v\n", a.vip, st.Drops, st.Ring.Counters, st.Lease)
 	for _, p := range st.Peers {
 		if p.PeerID == b.id {
 			out += fmt.Sprintf("  peer %s: %+v\n", b.vip, p)
 		}
 	}
 	if bs, err := b.vm.Status(context.Background()); err == nil {
-		out += fmt.Sprintf("  %s: drops %v\n  ring counters %v\n", b.vip, bs.Drops, bs.Ring.Counters)
+		out += fmt.Sprintf("  %s: drops %v\n  ring counters %v\n  lease %+v\n", b.vip, bs.Drops, bs.Ring.Counters, bs.Lease)
 		for _, p := range bs.Peers {
 			if p.PeerID == a.id {
 				out += fmt.Sprintf("  peer %s: %+v\n", a.vip, p)

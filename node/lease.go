@@ -1,0 +1,292 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/routing"
+
+	"github.com/ringnet/ringnet/dhcp"
+	"github.com/ringnet/ringnet/overlay"
+)
+
+// The VM's address is a lease in the overlay's DHT (dhcp.Claimer): the
+// node claims one when it starts, offers it to the VM's DHCP client only
+// once the claim is won, renews it, and claims again if it is ever lost.
+// The address it held is kept in the state directory, so a node that
+// restarts, or is started elsewhere from a copy of the directory, claims
+// the same one first and, holding the record already, gets it back.
+
+// leaseFile is where the node remembers its address.
+const leaseFile = "lease.json"
+
+// dhtWait bounds how long a node with peers to join waits for the DHT to
+// know some before it claims: alone, a claim proves nothing.
+const dhtWait = 15 * time.Second
+
+type leaseState struct {
+	mu  sync.Mutex
+	cur dhcp.Lease // zero until won, and after it is lost
+	// offers lists the addresses the DHCP server handed the VM, and
+	// when, so that an operator (or a test) can check that no address
+	// went to two VMs.
+	offers []OfferStatus
+
+	claims atomic.Uint64
+	lost   atomic.Uint64
+}
+
+// maxOffers bounds the offer history.
+const maxOffers = 16
+
+// offered records that the DHCP server handed ip to the VM now.
+func (s *leaseState) offered(ip netip.Addr) {
+	now := time.Now().UTC()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if k := len(s.offers); k > 0 && s.offers[k-1].Addr == ip.String() {
+		s.offers[k-1].Last = now
+		return
+	}
+	if len(s.offers) == maxOffers {
+		s.offers = append(s.offers[:0], s.offers[1:]...)
+	}
+	s.offers = append(s.offers, OfferStatus{Addr: ip.String(), First: now, Last: now})
+}
+
+func (s *leaseState) offerHistory() []OfferStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.offers)
+}
+
+// savedLease is leaseFile's content.
+type savedLease struct {
+	Namespace string     `json:"namespace"`
+	Addr      netip.Addr `json:"addr"`
+}
+
+// Lease returns the VM's current lease; ok is false while there is none.
+func (n *Node) Lease() (l dhcp.Lease, ok bool) {
+	n.lease.mu.Lock()
+	defer n.lease.mu.Unlock()
+	return n.lease.cur, n.lease.cur.IP.IsValid()
+}
+
+// leaseValidator is the DHT's check of lease records.
+func (n *Node) leaseValidator() *dhcp.LeaseValidator {
+	return &dhcp.LeaseValidator{Subnets: map[string]netip.Prefix{n.cfg.Namespace.Name: n.subnet}}
+}
+
+// admit is the DHT's replica rule (overlay.DHTConfig.Admit).
+func (n *Node) admit(key string, existing, incoming []byte) error {
+	if !strings.HasPrefix(key, "/lease/") {
+		return nil
+	}
+	return n.validator.Admit(existing, incoming)
+}
+
+// resolve finds the holder of ip in the lease records
+// (overlay.Config.Resolve).
+func (n *Node) resolve(ctx context.Context, d *overlay.DHT, ip netip.Addr) (peer.ID, error) {
+	if d == nil {
+		return "", errors.New("no DHT")
+	}
+	key := dhcp.LeaseKey(n.cfg.Namespace.Name, ip)
+	v, err := d.Get(ctx, key)
+	if errors.Is(err, routing.ErrNotFound) {
+		return "", overlay.ErrNotHeld
+	}
+	if err != nil {
+		return "", err
+	}
+	if err := n.validator.Validate(key, v); err != nil {
+		return "", fmt.Errorf("%w: %w", overlay.ErrNotHeld, err)
+	}
+	l, err := dhcp.ParseLease(v)
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", overlay.ErrNotHeld, err)
+	}
+	return l.Holder, nil
+}
+
+// keepLease claims the VM's address and keeps it until ctx ends.
+func (n *Node) keepLease(ctx context.Context) {
+	d := n.ov.DHT()
+	if len(n.cfg.Bootstrap) > 0 || len(n.cfg.Peers) > 0 || fileExists(filepath.Join(n.cfg.StateDir, "peers.json")) {
+		wait, cancel := context.WithTimeout(ctx, dhtWait)
+		for d.RoutingTableSize() == 0 && wait.Err() == nil {
+			select {
+			case <-wait.Done():
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+		cancel()
+		if d.RoutingTableSize() == 0 && ctx.Err() == nil {
+			n.log.Warn("no DHT peers yet: claiming the address alone", "waited", dhtWait)
+		}
+	}
+	var prefer []netip.Addr
+	if saved, ok := n.savedLease(); ok {
+		prefer = append(prefer, saved)
+	}
+	if a, ok := n.cfg.PreferredAddr(); ok {
+		prefer = append(prefer, a)
+	}
+	for ctx.Err() == nil {
+		c, err := dhcp.NewClaimer(dhcp.ClaimConfig{
+			Store:     d,
+			Key:       n.key,
+			Namespace: n.cfg.Namespace.Name,
+			Subnet:    n.subnet,
+			Reserved:  []netip.Addr{GatewayAddr(n.subnet)},
+			LeaseTime: n.cfg.LeaseDuration(),
+			Settle:    n.cfg.SettleTime(),
+			Prefer:    prefer,
+			Validator: n.validator,
+			Log:       n.log,
+		})
+		if err != nil {
+			n.log.Error("cannot claim an address", "err", err)
+			return
+		}
+		n.lease.claims.Add(1)
+		start := time.Now()
+		l, err := c.Claim(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				n.log.Warn("address claim failed; trying again", "err", err)
+				sleep(ctx, 5*time.Second)
+			}
+			continue
+		}
+		n.log.Info("address claimed", "addr", l.IP, "namespace", l.Namespace, "expires", l.Expires.Format(time.RFC3339),
+			"took", time.Since(start).Round(time.Millisecond))
+		n.setLease(l)
+		last, err := n.renewLease(ctx, c, l)
+		if ctx.Err() != nil {
+			return
+		}
+		n.lease.lost.Add(1)
+		n.log.Warn("address lost; claiming another", "addr", last.IP, "err", err)
+		n.setLease(dhcp.Lease{})
+		prefer = nil
+	}
+}
+
+// renewLease keeps l until ctx ends or it is lost. It renews every third
+// of the lease time and, while the DHT knows fewer nodes than a record
+// has replicas, whenever it has come to know more: a lease claimed by
+// the first node of a ring must reach the nodes that join it.
+func (n *Node) renewLease(ctx context.Context, c *dhcp.Claimer, l dhcp.Lease) (dhcp.Lease, error) {
+	d := n.ov.DHT()
+	every := n.cfg.LeaseDuration() / 3
+	last, known := time.Now(), d.RoutingTableSize()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return l, ctx.Err()
+		case <-tick.C:
+		}
+		now := time.Now()
+		grown := known < d.BucketSize() && d.RoutingTableSize() > known && now.Sub(last) >= 5*time.Second
+		if now.Sub(last) < every && !grown {
+			continue
+		}
+		k := d.RoutingTableSize()
+		renewed, err := c.Renew(ctx, l)
+		switch {
+		case err == nil:
+			l, last, known = renewed, now, k
+			n.setLease(l)
+		case errors.Is(err, dhcp.ErrLost):
+			return l, err
+		case ctx.Err() != nil:
+			return l, ctx.Err()
+		case !now.Before(l.Expires):
+			return l, fmt.Errorf("renew %v: lease expired: %w", l.IP, err)
+		default:
+			n.log.Info("lease renewal failed; trying again", "addr", l.IP, "err", err)
+		}
+	}
+}
+
+// setLease makes l the VM's address (the zero Lease: none).
+func (n *Node) setLease(l dhcp.Lease) {
+	n.lease.mu.Lock()
+	n.lease.cur = l
+	n.lease.mu.Unlock()
+	var addrs []netip.Addr
+	var pfx netip.Prefix
+	if l.IP.IsValid() {
+		addrs = []netip.Addr{l.IP}
+		pfx = netip.PrefixFrom(l.IP, n.subnet.Bits())
+	}
+	if err := n.gw.SetVMAddr(l.IP); err != nil {
+		n.log.Error("gateway address", "err", err)
+	}
+	n.ov.SetVirtualAddrs(addrs)
+	if *n.cfg.TAP.ConfigureAddress {
+		if d, ok := n.dev.(interface{ SetAddr(netip.Prefix) error }); ok {
+			if err := d.SetAddr(pfx); err != nil {
+				n.log.Error("TAP address", "err", err)
+			}
+		}
+	}
+	if l.IP.IsValid() {
+		n.saveLease(l.IP)
+	}
+}
+
+func (n *Node) savedLease() (netip.Addr, bool) {
+	b, err := os.ReadFile(filepath.Join(n.cfg.StateDir, leaseFile))
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	var s savedLease
+	if err := json.Unmarshal(b, &s); err != nil || s.Namespace != n.cfg.Namespace.Name || !n.subnet.Contains(s.Addr) {
+		n.log.Info("ignoring the saved lease", "file", leaseFile, "err", err)
+		return netip.Addr{}, false
+	}
+	return s.Addr, true
+}
+
+func (n *Node) saveLease(ip netip.Addr) {
+	b, _ := json.Marshal(savedLease{Namespace: n.cfg.Namespace.Name, Addr: ip})
+	path := filepath.Join(n.cfg.StateDir, leaseFile)
+	tmp := path + ".tmp"
+	err := os.WriteFile(tmp, b, 0o600)
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		n.log.Warn("cannot save the lease: a restart may get another address", "err", err)
+	}
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}

@@ -1,0 +1,224 @@
+package overlay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	ds "github.com/ipfs/go-datastore"
+	dssync "github.com/ipfs/go-datastore/sync"
+	dht "github.com/libp2p/go-libp2p-kad-dht"
+	dhtpb "github.com/libp2p/go-libp2p-kad-dht/pb"
+	kb "github.com/libp2p/go-libp2p-kbucket"
+	record "github.com/libp2p/go-libp2p-record"
+	recpb "github.com/libp2p/go-libp2p-record/pb"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/multiformats/go-base32"
+	"google.golang.org/protobuf/proto"
+)
+
+// The overlay's DHT holds records that must outlive any one node: leases
+// of virtual addresses, revocations. It is go-libp2p-kad-dht under the
+// project's own protocol prefix, in server mode on every node, with no
+// bootstrap list of its own: it finds its peers on the ring's links.
+//
+// Records are checked twice. The Validator decides which records are
+// well-formed and which of two is better; the Admit hook runs where a
+// record would be stored, with the record this node already holds, and
+// may refuse: that is how a replica keeps the first claim it stored for an
+// address, whatever the claimant's view of which is better.
+const (
+	dhtPrefix = "/ringnet"
+	// getQuorum is how many records a Get waits for before it picks.
+	getQuorum = 3
+	// replicaTimeout bounds one replica's answer in a Replicas read.
+	replicaTimeout = 3 * time.Second
+)
+
+// ErrRefused wraps what a DHT replica's Admit hook refused.
+var ErrRefused = errors.New("record refused")
+
+// DHTConfig configures the overlay's DHT.
+type DHTConfig struct {
+	// Validator checks records; a record.NamespacedValidator dispatches
+	// on the key's first path element ("/lease/...").
+	Validator record.Validator
+	// Admit, if set, is asked before this node stores a record for key:
+	// existing is the record it holds (nil if none). An error refuses
+	// the new record.
+	Admit func(key string, existing, incoming []byte) error
+}
+
+// DHT is the overlay's record store.
+type DHT struct {
+	kad   *dht.IpfsDHT
+	pm    *dhtpb.ProtocolMessenger
+	id    peer.ID
+	store *admittingStore
+}
+
+func newDHT(h host.Host, cfg DHTConfig) (*DHT, error) {
+	if cfg.Validator == nil {
+		return nil, errors.New("dht: no validator")
+	}
+	store := &admittingStore{Batching: dssync.MutexWrap(ds.NewMapDatastore()), admit: cfg.Admit}
+	kad, err := dht.New(h,
+		dht.Mode(dht.ModeServer),
+		dht.ProtocolPrefix(dhtPrefix),
+		dht.Validator(cfg.Validator),
+		dht.Datastore(store),
+		dht.DisableProviders(),
+		// The ring keeps the links; the DHT's own refresh only needs to
+		// fill its buckets now and then.
+		dht.RoutingTableRefreshPeriod(10*time.Minute),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("dht: %w", err)
+	}
+	pm, err := dhtpb.NewProtocolMessenger(kad.MessageSender())
+	if err != nil {
+		kad.Close()
+		return nil, fmt.Errorf("dht messenger: %w", err)
+	}
+	return &DHT{kad: kad, pm: pm, id: h.ID(), store: store}, nil
+}
+
+// Put stores value under key here and at the closest nodes that take it.
+// It fails when this node refuses the record itself; which others took it
+// only a Replicas read tells.
+func (d *DHT) Put(ctx context.Context, key string, value []byte) error {
+	err := d.kad.PutValue(ctx, key, value)
+	if errors.Is(err, kb.ErrLookupFailure) {
+		return nil // alone: stored here only
+	}
+	if err != nil {
+		return fmt.Errorf("dht put %q: %w", key, err)
+	}
+	return nil
+}
+
+// Get returns the best record for key among the first few that the
+// nodes closest to it return. A lookup that runs out of time returns the
+// best record it found by then, if any: dead nodes among the closest must
+// not cost a record that live ones returned.
+func (d *DHT) Get(ctx context.Context, key string) ([]byte, error) {
+	v, err := d.kad.GetValue(ctx, key, dht.Quorum(getQuorum))
+	if v != nil {
+		return v, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("dht get %q: %w", key, err)
+	}
+	return v, nil
+}
+
+// Replicas asks each of the k nodes closest to key for the record it
+// stores, and returns the records they hold and how many were asked. This
+// node is one of them only if it is among the k closest: counting its own
+// store otherwise would let two claimants each see a majority. A node
+// that does not answer counts as asked: a claim needs a majority of all.
+func (d *DHT) Replicas(ctx context.Context, key string) (values [][]byte, asked int, err error) {
+	closest, err := d.kad.GetClosestPeers(ctx, key)
+	if err != nil && ctx.Err() != nil {
+		return nil, 0, fmt.Errorf("dht closest peers of %q: %w", key, err)
+	}
+	// Alone on the ring (no peers), only this node's store answers.
+	replicas := kb.SortClosestPeers(append(slices.DeleteFunc(closest, func(p peer.ID) bool { return p == d.id }), d.id),
+		kb.ConvertKey(key))
+	replicas = replicas[:min(len(replicas), d.kad.BucketSize())]
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, p := range replicas {
+		asked++
+		if p == d.id {
+			if v, err := d.local(ctx, key); err == nil && v != nil {
+				mu.Lock()
+				values = append(values, v)
+				mu.Unlock()
+			}
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(ctx, replicaTimeout)
+			defer cancel()
+			rec, _, err := d.pm.GetValue(ctx, p, key)
+			if err != nil || rec == nil || string(rec.GetKey()) != key {
+				return
+			}
+			mu.Lock()
+			values = append(values, rec.GetValue())
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return values, asked, nil
+}
+
+// local is the record this node stores for key, if any.
+func (d *DHT) local(ctx context.Context, key string) ([]byte, error) {
+	buf, err := d.store.Get(ctx, valueKey(key))
+	if err != nil {
+		return nil, err
+	}
+	var rec recpb.Record
+	if err := proto.Unmarshal(buf, &rec); err != nil || string(rec.GetKey()) != key {
+		return nil, errors.New("malformed stored record")
+	}
+	return rec.GetValue(), nil
+}
+
+// RoutingTableSize is how many DHT servers this node knows.
+func (d *DHT) RoutingTableSize() int { return d.kad.RoutingTable().Size() }
+
+// BucketSize is k, how many nodes hold each record.
+func (d *DHT) BucketSize() int { return d.kad.BucketSize() }
+
+// Close stops the DHT.
+func (d *DHT) Close() error { return d.kad.Close() }
+
+// valueKey is where kad-dht's value store keeps the record for key: under
+// its namespace, the key in base32 (records/value_store.go, v0.42).
+func valueKey(key string) ds.Key {
+	ns, _, err := record.SplitKey(key)
+	if err != nil {
+		ns = ""
+	}
+	return ds.NewKey(ns + "/" + base32.RawStdEncoding.EncodeToString([]byte(key)))
+}
+
+// admittingStore is the DHT's datastore, with the Admit hook in front of
+// every record stored. kad-dht's value store holds a lock per key around
+// its read of the old record and its Put, so the hook sees what it
+// replaces.
+type admittingStore struct {
+	ds.Batching
+	admit   func(key string, existing, incoming []byte) error
+	refused atomic.Uint64
+}
+
+func (s *admittingStore) Put(ctx context.Context, k ds.Key, value []byte) error {
+	if s.admit != nil {
+		var rec recpb.Record
+		if err := proto.Unmarshal(value, &rec); err == nil && len(rec.GetKey()) > 0 {
+			var existing []byte
+			if buf, err := s.Batching.Get(ctx, k); err == nil {
+				var old recpb.Record
+				if proto.Unmarshal(buf, &old) == nil && string(old.GetKey()) == string(rec.GetKey()) {
+					existing = old.GetValue()
+				}
+			}
+			if err := s.admit(string(rec.GetKey()), existing, rec.GetValue()); err != nil {
+				s.refused.Add(1)
+				return fmt.Errorf("%w: %w", ErrRefused, err)
+			}
+		}
+	}
+	return s.Batching.Put(ctx, k, value)
+}
