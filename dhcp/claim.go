@@ -85,6 +85,9 @@ type ClaimConfig struct {
 	// must be a masked IPv4 prefix of /30 or shorter.
 	Namespace string
 	Subnet    netip.Prefix
+	// Proof goes into every record: the node's membership in Namespace
+	// (its certificate chain), or nothing in an open namespace.
+	Proof []byte
 	// Reserved addresses are never claimed (the virtual gateway, say).
 	// They must be in Subnet.
 	Reserved []netip.Addr
@@ -409,6 +412,7 @@ func (c *Claimer) sign(ip netip.Addr, issued, expires, atLeast time.Time) ([]byt
 		Holder:    c.id,
 		Issued:    issued,
 		Expires:   expires,
+		Proof:     c.cfg.Proof,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("claim %v: %w", ip, err)

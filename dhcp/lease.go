@@ -27,6 +27,9 @@ import (
 //	holder          1 byte length, then the peer ID's bytes
 //	issued          8 bytes, Unix milliseconds, big-endian, signed
 //	expires         8 bytes, Unix milliseconds, big-endian, signed
+//	proof           2 bytes length, then the holder's proof of
+//	                membership in the namespace (a certificate chain;
+//	                empty in an open namespace)
 //	signature       2 bytes length, then the holder's signature over
 //	                leaseSigPrefix and every byte before the length
 
@@ -37,6 +40,10 @@ type Lease struct {
 	Holder    peer.ID
 	// Issued and Expires are on the holder's clock, to the millisecond.
 	Issued, Expires time.Time
+	// Proof shows that Holder may claim addresses in Namespace: its
+	// certificate chain (LeaseValidator.Member checks it). Empty in an
+	// open namespace.
+	Proof []byte
 	// Signature is the holder's, as ParseLease found it; SignLease
 	// ignores it.
 	Signature []byte
@@ -55,6 +62,9 @@ func (l Lease) String() string {
 var (
 	// ErrMalformed: the bytes are not a lease record.
 	ErrMalformed = errors.New("malformed lease record")
+	// ErrNotMember: the holder cannot show it may claim addresses in the
+	// namespace.
+	ErrNotMember = errors.New("holder is not a member of the namespace")
 	// ErrBadSignature: the record is not signed by its holder.
 	ErrBadSignature = errors.New("lease signature does not verify")
 	// ErrExpired: the lease is over.
@@ -73,14 +83,17 @@ const LeaseNamespace = "lease"
 // Limits of the record format.
 const (
 	leaseVersion    = 1
-	maxNamespaceLen = 64
+	maxNamespaceLen = 96 // a name of up to 63 bytes, a dot and a key hash
 	// An ID that embeds its key is an identity multihash of at most 42
 	// bytes of key (go-libp2p's inline limit) behind a 2-byte header.
 	maxHolderLen = 64
 	// Ed25519 signatures are 64 bytes, secp256k1 ones at most 72.
 	maxSigLen = 512
+	// MaxProofLen bounds a membership proof: three certificates and room
+	// to spare.
+	MaxProofLen = 4096
 	// MaxLeaseSize is the longest record ParseLease takes.
-	MaxLeaseSize = 1 + 1 + maxNamespaceLen + 4 + 1 + maxHolderLen + 8 + 8 + 2 + maxSigLen
+	MaxLeaseSize = 1 + 1 + maxNamespaceLen + 4 + 1 + maxHolderLen + 8 + 8 + 2 + MaxProofLen + 2 + maxSigLen
 )
 
 // leaseSigPrefix separates lease signatures from anything else a node's
@@ -157,6 +170,11 @@ func appendLeaseBody(b []byte, l Lease) ([]byte, error) {
 	b = append(b, holder...)
 	b = binary.BigEndian.AppendUint64(b, uint64(l.Issued.UnixMilli()))
 	b = binary.BigEndian.AppendUint64(b, uint64(l.Expires.UnixMilli()))
+	if len(l.Proof) > MaxProofLen {
+		return nil, fmt.Errorf("proof of %d bytes, at most %d", len(l.Proof), MaxProofLen)
+	}
+	b = binary.BigEndian.AppendUint16(b, uint16(len(l.Proof)))
+	b = append(b, l.Proof...)
 	return b, nil
 }
 
@@ -199,6 +217,7 @@ func decodeLease(b []byte) (l Lease, body []byte, err error) {
 	holder := r.bytes(int(r.byte()))
 	issued := int64(r.uint64())
 	expires := int64(r.uint64())
+	proof := r.bytes(int(r.uint16()))
 	bodyLen := r.off
 	sig := r.bytes(int(r.uint16()))
 	if !r.ok() {
@@ -220,7 +239,15 @@ func decodeLease(b []byte) (l Lease, body []byte, err error) {
 	if len(sig) == 0 || len(sig) > maxSigLen {
 		return Lease{}, nil, fmt.Errorf("%w: signature of %d bytes", ErrMalformed, len(sig))
 	}
+	if len(proof) > MaxProofLen {
+		return Lease{}, nil, fmt.Errorf("%w: proof of %d bytes, at most %d", ErrMalformed, len(proof), MaxProofLen)
+	}
+	var pf []byte
+	if len(proof) > 0 {
+		pf = bytes.Clone(proof)
+	}
 	return Lease{
+		Proof:     pf,
 		Namespace: string(ns),
 		IP:        netip.AddrFrom4([4]byte(ip)),
 		Holder:    id,
@@ -294,6 +321,9 @@ type LeaseValidator struct {
 	Skew time.Duration
 	// MaxLease is the longest lease; 0: DefaultMaxLease.
 	MaxLease time.Duration
+	// Member, if set, checks that a record's holder may claim addresses
+	// in its namespace (its Proof); an error refuses the record.
+	Member func(l Lease, now time.Time) error
 	// Subnets maps a namespace to its subnet when this node knows it;
 	// claims outside it, or on its network or broadcast address, are
 	// refused. Namespaces not in the map are checked without.
@@ -364,6 +394,11 @@ func (v *LeaseValidator) check(key string, l Lease) error {
 	}
 	if d := l.Expires.Sub(l.Issued); d > v.maxLease() {
 		return fmt.Errorf("lease of %v, longer than %v", d, v.maxLease())
+	}
+	if v.Member != nil {
+		if err := v.Member(l, now); err != nil {
+			return fmt.Errorf("%w: %w", ErrNotMember, err)
+		}
 	}
 	return nil
 }

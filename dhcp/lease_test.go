@@ -99,6 +99,7 @@ type rawLease struct {
 	ip              [4]byte
 	holder          []byte
 	issued, expires int64
+	proof           []byte
 	sig             []byte
 	signWith        crypto.PrivKey // if set, sig is made with it
 }
@@ -111,6 +112,8 @@ func (r rawLease) bytes(tb testing.TB) []byte {
 	b = append(b, r.holder...)
 	b = binary.BigEndian.AppendUint64(b, uint64(r.issued))
 	b = binary.BigEndian.AppendUint64(b, uint64(r.expires))
+	b = binary.BigEndian.AppendUint16(b, uint16(len(r.proof)))
+	b = append(b, r.proof...)
 	sig := r.sig
 	if r.signWith != nil {
 		var err error
@@ -158,9 +161,9 @@ func TestValidateNamespace(t *testing.T) {
 		{"a", true},
 		{"vms", true},
 		{"lab-2.example", true},
-		{strings.Repeat("x", 64), true},
+		{strings.Repeat("x", maxNamespaceLen), true},
 		{"", false},
-		{strings.Repeat("x", 65), false},
+		{strings.Repeat("x", maxNamespaceLen+1), false},
 		{"Vms", false},
 		{"a/b", false},
 		{"a b", false},
@@ -186,7 +189,7 @@ func TestSignParseRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := 1 + 1 + len(testNS) + 4 + 1 + len(in.Holder) + 8 + 8 + 2 + 64
+	want := 1 + 1 + len(testNS) + 4 + 1 + len(in.Holder) + 8 + 8 + 2 + 2 + 64
 	if len(b) != want {
 		t.Errorf("record of %d bytes, want %d", len(b), want)
 	}
@@ -263,7 +266,7 @@ func TestParseLeaseRefuses(t *testing.T) {
 		{"trailing byte", append(bytes.Clone(good), 0), ErrMalformed},
 		{"too long", append(bytes.Clone(good), make([]byte, MaxLeaseSize)...), ErrMalformed},
 		{"empty namespace", mod(func(r *rawLease) { r.ns = "" }), ErrMalformed},
-		{"namespace too long", mod(func(r *rawLease) { r.ns = strings.Repeat("a", 65) }), ErrMalformed},
+		{"namespace too long", mod(func(r *rawLease) { r.ns = strings.Repeat("a", maxNamespaceLen+1) }), ErrMalformed},
 		{"namespace with a slash", mod(func(r *rawLease) { r.ns = "a/b" }), ErrMalformed},
 		{"no holder", mod(func(r *rawLease) { r.holder = nil }), ErrMalformed},
 		{"holder not a multihash", mod(func(r *rawLease) { r.holder = []byte{0xff, 0xff, 0xff} }), ErrMalformed},
@@ -271,7 +274,7 @@ func TestParseLeaseRefuses(t *testing.T) {
 		{"no signature", mod(func(r *rawLease) { r.signWith, r.sig = nil, nil }), ErrMalformed},
 		{"signature too long", mod(func(r *rawLease) { r.signWith, r.sig = nil, make([]byte, maxSigLen+1) }), ErrMalformed},
 		{"address changed", flip(2 + len(testNS) + 3), ErrBadSignature},
-		{"expiry changed", flip(len(good) - 2 - 64 - 1), ErrBadSignature},
+		{"expiry changed", flip(len(good) - 2 - 64 - 2 - 1), ErrBadSignature},
 		{"signature changed", flip(len(good) - 1), ErrBadSignature},
 		{"signed by another key", mod(func(r *rawLease) { r.signWith = testKey(t, 2) }), ErrBadSignature},
 		{"signed without the prefix", func() []byte {

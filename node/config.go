@@ -30,6 +30,8 @@ type Config struct {
 	// ending in /p2p/<peer ID>. One reachable node is enough; a node
 	// with none starts a ring of its own that others join.
 	Bootstrap []string `toml:"bootstrap"`
+	// Ring says who may join the ring.
+	Ring RingConfig `toml:"ring"`
 	// Namespace is the virtual network the VM's address comes from.
 	Namespace NamespaceConfig `toml:"namespace"`
 	// Shortcuts tunes when nodes that talk over the ring link directly.
@@ -37,6 +39,25 @@ type Config struct {
 	// Peers are nodes to keep a direct link to, outside the ring's
 	// policy.
 	Peers []Peer `toml:"peer"`
+}
+
+// RingConfig is ring admission. A ring is closed unless open is set:
+// every node shows a certificate chain from the ring's owner key
+// (`ringnet ring create`, `ringnet ring admit`).
+type RingConfig struct {
+	// Open lets any node link, as IPOP's shared public overlay did.
+	Open bool `toml:"open,omitempty"`
+	// Name of the ring (default "default").
+	Name string `toml:"name,omitempty"`
+	// Root is the ring owner's public key, as `ringnet ring create`
+	// prints it.
+	Root string `toml:"root,omitempty"`
+	// Cert is this node's certificate chain file (relative paths are in
+	// state_dir); with EnrollKey, the enrollment key's chain.
+	Cert string `toml:"cert,omitempty"`
+	// EnrollKey, if set, is an enrollment key file the node admits
+	// itself with, for images booted by the hundred.
+	EnrollKey string `toml:"enroll_key,omitempty"`
 }
 
 // NamespaceConfig names the VM's virtual network: the node claims an
@@ -52,6 +73,13 @@ type NamespaceConfig struct {
 	// Settle is how long a claim waits before the node checks that the
 	// DHT kept it (default "1s").
 	Settle string `toml:"settle,omitempty"`
+	// Open lets any node claim addresses. Otherwise the namespace is
+	// closed: Root, Cert (and EnrollKey) work as in RingConfig, and the
+	// subnet and lease time may come from the certificate.
+	Open      bool   `toml:"open,omitempty"`
+	Root      string `toml:"root,omitempty"`
+	Cert      string `toml:"cert,omitempty"`
+	EnrollKey string `toml:"enroll_key,omitempty"`
 }
 
 // ShortcutConfig is the shortcut policy (routing.ShortcutPolicy); zero
@@ -205,6 +233,9 @@ func (c *Config) setDefaults() {
 	if c.Namespace.Name == "" {
 		c.Namespace.Name = DefaultNamespace
 	}
+	if c.Ring.Name == "" {
+		c.Ring.Name = DefaultNamespace
+	}
 	if c.Namespace.Settle == "" {
 		c.Namespace.Settle = DefaultSettle.String()
 	}
@@ -238,14 +269,33 @@ func (c *Config) Validate() error {
 	if strings.ContainsAny(c.TAP.Name, "/ \t\n%") {
 		return fieldErr("tap.name", "%q is not a valid interface name", c.TAP.Name)
 	}
-	if c.TAP.Address == "" && c.Namespace.Subnet == "" {
+	if !c.Ring.Open {
+		if c.Ring.Root == "" {
+			return fieldErr("ring.root", "missing: a closed ring needs its owner's public key (or set ring.open = true)")
+		}
+		if c.Ring.Cert == "" {
+			return fieldErr("ring.cert", "missing: a closed ring needs this node's certificate (or set ring.open = true)")
+		}
+	}
+	if !validNamespace(c.Ring.Name) {
+		return fieldErr("ring.name", "%q is not 1 to 63 of a-z, 0-9, '-' and '.'", c.Ring.Name)
+	}
+	if !c.Namespace.Open {
+		if c.Namespace.Root == "" {
+			return fieldErr("namespace.root", "missing: a closed namespace needs its owner's public key (or set namespace.open = true)")
+		}
+		if c.Namespace.Cert == "" {
+			return fieldErr("namespace.cert", "missing: a closed namespace needs this node's certificate (or set namespace.open = true)")
+		}
+	}
+	if c.TAP.Address == "" && c.Namespace.Subnet == "" && c.Namespace.Open {
 		return fieldErr("namespace.subnet", "missing (the virtual subnet, such as 10.128.0.0/16; or give tap.address)")
 	}
 	if _, err := c.Subnet(); err != nil {
 		return err
 	}
 	if !validNamespace(c.Namespace.Name) {
-		return fieldErr("namespace.name", "%q is not 1 to 64 of a-z, 0-9, '-' and '.'", c.Namespace.Name)
+		return fieldErr("namespace.name", "%q is not 1 to 63 of a-z, 0-9, '-' and '.'", c.Namespace.Name)
 	}
 	if d, err := time.ParseDuration(c.Namespace.Settle); err != nil || d < 0 || d > time.Minute {
 		return fieldErr("namespace.settle", "%q is not a duration from 0s to 1m", c.Namespace.Settle)
@@ -403,7 +453,7 @@ func (c *Config) SettleTime() time.Duration {
 }
 
 func validNamespace(name string) bool {
-	if len(name) == 0 || len(name) > 64 {
+	if len(name) == 0 || len(name) > 63 {
 		return false
 	}
 	for _, r := range name {

@@ -10,9 +10,12 @@ import (
 const peerID = "12D3KooWCuZNhRMDpJKCmZsJJkufBNkEN1YTxdtTdMHTgvPsPzRt"
 
 func TestParseConfigDefaults(t *testing.T) {
-	c, err := ParseConfig([]byte("[tap]\naddress = \"10.128.0.1/16\"\n"))
+	c, err := ParseConfig([]byte("ring = { open = true }\nnamespace = { open = true }\n[tap]\naddress = \"10.128.0.1/16\"\n"))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if c.Ring.Name != "default" || c.Namespace.Name != "default" || c.Namespace.Settle != "1s" {
+		t.Fatalf("ring and namespace defaults not applied: %+v %+v", c.Ring, c.Namespace)
 	}
 	if c.StateDir != DefaultStateDir || c.TAP.Name != DefaultTAPName || c.TAP.UnderlayMTU != 1500 ||
 		!*c.TAP.ConfigureAddress || c.Listen.Data != "0.0.0.0:4151" || len(c.Listen.Control) != 2 {
@@ -24,15 +27,23 @@ func TestParseConfigDefaults(t *testing.T) {
 }
 
 func TestParseConfigErrorsNameTheField(t *testing.T) {
-	const base = "state_dir = \"/tmp/x\"\n"
+	// Open rings and namespaces, so that each case fails on its own
+	// field; the cases with a [namespace] table use ringOnly.
+	const ringOnly = "state_dir = \"/tmp/x\"\nring = { open = true }\n"
+	const base = ringOnly + "namespace = { open = true }\n"
+	const ns = "[namespace]\nopen = true\n"
 	cases := []struct {
 		name, text, field string
 	}{
+		{"closed ring, no root", "state_dir = \"/tmp/x\"\n[tap]\naddress = \"10.128.0.1/16\"\n", "ring.root"},
+		{"closed ring, no cert", "state_dir = \"/tmp/x\"\n[ring]\nroot = \"x\"\n", "ring.cert"},
+		{"closed namespace, no root", ringOnly + "[namespace]\nsubnet = \"10.128.0.0/16\"\n", "namespace.root"},
+		{"closed namespace, no cert", ringOnly + "[namespace]\nroot = \"x\"\n", "namespace.cert"},
 		{"no address", base, "namespace.subnet"},
-		{"bad subnet", base + "[namespace]\nsubnet = \"10.128.0.1/16\"\n", "namespace.subnet"},
-		{"address outside subnet", base + "[tap]\naddress = \"10.129.0.1/16\"\n[namespace]\nsubnet = \"10.128.0.0/16\"\n", "tap.address"},
-		{"bad namespace name", base + "[namespace]\nname = \"Big Net\"\nsubnet = \"10.128.0.0/16\"\n", "namespace.name"},
-		{"bad settle", base + "[namespace]\nsubnet = \"10.128.0.0/16\"\nsettle = \"2h\"\n", "namespace.settle"},
+		{"bad subnet", ringOnly + ns + "subnet = \"10.128.0.1/16\"\n", "namespace.subnet"},
+		{"address outside subnet", ringOnly + "[tap]\naddress = \"10.129.0.1/16\"\n" + ns + "subnet = \"10.128.0.0/16\"\n", "tap.address"},
+		{"bad namespace name", ringOnly + ns + "name = \"Big Net\"\nsubnet = \"10.128.0.0/16\"\n", "namespace.name"},
+		{"bad settle", ringOnly + ns + "subnet = \"10.128.0.0/16\"\nsettle = \"2h\"\n", "namespace.settle"},
 		{"bad address", base + "[tap]\naddress = \"banana\"\n", "tap.address"},
 		{"lease time", base + "[tap]\naddress = \"10.128.0.1/16\"\nlease_time = \"soon\"\n", "tap.lease_time"},
 		{"IPv6 address", base + "[tap]\naddress = \"fd00::1/64\"\n", "tap.address"},
@@ -117,7 +128,8 @@ func TestGatewayAddrIsReserved(t *testing.T) {
 	}
 	for _, addr := range []string{"10.128.255.254/16", "10.128.255.255/16"} {
 		var ce *ConfigError
-		if _, err := ParseConfig([]byte("[tap]\naddress = \"" + addr + "\"\n")); !errors.As(err, &ce) || ce.Field != "tap.address" {
+		text := "ring = { open = true }\nnamespace = { open = true }\n[tap]\naddress = \"" + addr + "\"\n"
+		if _, err := ParseConfig([]byte(text)); !errors.As(err, &ce) || ce.Field != "tap.address" {
 			t.Errorf("address %s: err = %v, want one naming tap.address", addr, err)
 		}
 	}

@@ -124,7 +124,7 @@ func (n *Node) Status() Status {
 		PeerID:    n.ov.ID().String(),
 		DataAddr:  n.ov.DataAddr().String(),
 		Subnet:    n.subnet.String(),
-		Namespace: n.cfg.Namespace.Name,
+		Namespace: n.trust.nsID,
 		Lease: LeaseStatus{
 			Claims:   n.lease.claims.Load(),
 			Lost:     n.lease.lost.Load(),

@@ -17,7 +17,7 @@ func (n *Node) newDHCP() (*dhcp.Server, error) {
 		ServerIP:  GatewayAddr(n.subnet),
 		Subnet:    n.subnet,
 		MTU:       n.mtu,
-		LeaseTime: n.cfg.LeaseDuration(),
+		LeaseTime: n.leaseTime(),
 		// The VM gets the node's lease once it is won; until then its
 		// client hears nothing and tries again.
 		Lease: func(dhcp.ClientID) (netip.Addr, bool) {

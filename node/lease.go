@@ -86,7 +86,7 @@ func (n *Node) Lease() (l dhcp.Lease, ok bool) {
 
 // leaseValidator is the DHT's check of lease records.
 func (n *Node) leaseValidator() *dhcp.LeaseValidator {
-	return &dhcp.LeaseValidator{Subnets: map[string]netip.Prefix{n.cfg.Namespace.Name: n.subnet}}
+	return &dhcp.LeaseValidator{Subnets: map[string]netip.Prefix{n.trust.nsID: n.subnet}, Member: n.trust.member}
 }
 
 // admit is the DHT's replica rule (overlay.DHTConfig.Admit).
@@ -103,7 +103,7 @@ func (n *Node) resolve(ctx context.Context, d *overlay.DHT, ip netip.Addr) (peer
 	if d == nil {
 		return "", errors.New("no DHT")
 	}
-	key := dhcp.LeaseKey(n.cfg.Namespace.Name, ip)
+	key := dhcp.LeaseKey(n.trust.nsID, ip)
 	v, err := d.Get(ctx, key)
 	if errors.Is(err, routing.ErrNotFound) {
 		return "", overlay.ErrNotHeld
@@ -148,10 +148,11 @@ func (n *Node) keepLease(ctx context.Context) {
 		c, err := dhcp.NewClaimer(dhcp.ClaimConfig{
 			Store:     d,
 			Key:       n.key,
-			Namespace: n.cfg.Namespace.Name,
+			Namespace: n.trust.nsID,
 			Subnet:    n.subnet,
+			Proof:     n.trust.nsProof,
 			Reserved:  []netip.Addr{GatewayAddr(n.subnet)},
-			LeaseTime: n.cfg.LeaseDuration(),
+			LeaseTime: n.leaseTime(),
 			Settle:    n.cfg.SettleTime(),
 			Prefer:    prefer,
 			Validator: n.validator,
@@ -191,7 +192,7 @@ func (n *Node) keepLease(ctx context.Context) {
 // the first node of a ring must reach the nodes that join it.
 func (n *Node) renewLease(ctx context.Context, c *dhcp.Claimer, l dhcp.Lease) (dhcp.Lease, error) {
 	d := n.ov.DHT()
-	every := n.cfg.LeaseDuration() / 3
+	every := n.leaseTime() / 3
 	last, known := time.Now(), d.RoutingTableSize()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
@@ -222,6 +223,15 @@ func (n *Node) renewLease(ctx context.Context, c *dhcp.Claimer, l dhcp.Lease) (d
 			n.log.Info("lease renewal failed; trying again", "addr", l.IP, "err", err)
 		}
 	}
+}
+
+// leaseTime is the namespace's lease time: its certificate's in a closed
+// namespace, else tap.lease_time.
+func (n *Node) leaseTime() time.Duration {
+	if !n.trust.nsOpen && n.trust.nsCert.LeaseTime > 0 {
+		return n.trust.nsCert.LeaseTime
+	}
+	return n.cfg.LeaseDuration()
 }
 
 // setLease makes l the VM's address (the zero Lease: none).
@@ -257,7 +267,7 @@ func (n *Node) savedLease() (netip.Addr, bool) {
 		return netip.Addr{}, false
 	}
 	var s savedLease
-	if err := json.Unmarshal(b, &s); err != nil || s.Namespace != n.cfg.Namespace.Name || !n.subnet.Contains(s.Addr) {
+	if err := json.Unmarshal(b, &s); err != nil || s.Namespace != n.trust.nsID || !n.subnet.Contains(s.Addr) {
 		n.log.Info("ignoring the saved lease", "file", leaseFile, "err", err)
 		return netip.Addr{}, false
 	}
@@ -265,7 +275,7 @@ func (n *Node) savedLease() (netip.Addr, bool) {
 }
 
 func (n *Node) saveLease(ip netip.Addr) {
-	b, _ := json.Marshal(savedLease{Namespace: n.cfg.Namespace.Name, Addr: ip})
+	b, _ := json.Marshal(savedLease{Namespace: n.trust.nsID, Addr: ip})
 	path := filepath.Join(n.cfg.StateDir, leaseFile)
 	tmp := path + ".tmp"
 	err := os.WriteFile(tmp, b, 0o600)

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	record "github.com/libp2p/go-libp2p-record"
 	"github.com/libp2p/go-libp2p/core/crypto"
@@ -54,6 +55,7 @@ type Node struct {
 	log    *slog.Logger
 	key    crypto.PrivKey
 	subnet netip.Prefix
+	trust  *trust // ring admission and namespace membership (trust.go)
 	// validator checks lease records; lease is the VM's (lease.go).
 	validator *dhcp.LeaseValidator
 	lease     leaseState
@@ -94,10 +96,24 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger, opts ...Option) (*N
 	if err != nil {
 		return nil, fmt.Errorf("peer ID: %w", err)
 	}
+	t, err := loadTrust(cfg, key, time.Now())
+	if err != nil {
+		return nil, err
+	}
+	if !t.nsOpen {
+		// A member learns the namespace's subnet from its certificate.
+		switch {
+		case !subnet.IsValid():
+			subnet = t.nsCert.Subnet
+		case subnet != t.nsCert.Subnet:
+			return nil, fieldErr("namespace.subnet", "%v is not the namespace's subnet %v (from its certificate)", subnet, t.nsCert.Subnet)
+		}
+	}
 	n := &Node{
 		cfg:    cfg,
 		log:    log,
 		key:    key,
+		trust:  t,
 		subnet: subnet,
 		mtu:    TAPMTU(cfg.TAP.UnderlayMTU),
 		gwMAC:  gatewayMAC(id),
@@ -162,6 +178,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger, opts ...Option) (*N
 		DataAddr:       dataAddr,
 		VirtualSubnets: []netip.Prefix{subnet},
 		DHT:            &overlay.DHTConfig{Validator: record.NamespacedValidator{"lease": n.validator}, Admit: n.admit},
+		Admission:      t.admission(),
 		Resolve:        n.resolve,
 		Ring:           true,
 		Bootstrap:      boot,
@@ -212,7 +229,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger, opts ...Option) (*N
 	}()
 	context.AfterFunc(ctx, func() { n.close() })
 	ok = true
-	log.Info("node up", "peer_id", id, "namespace", cfg.Namespace.Name, "subnet", subnet, "tap", n.dev.Name(),
+	log.Info("node up", "peer_id", id, "ring_open", t.ringOpen, "namespace", t.nsID, "subnet", subnet, "tap", n.dev.Name(),
 		"mtu", n.mtu, "offloads", n.offloads, "data", n.ov.DataAddr(), "control", n.ov.Host().Addrs())
 	return n, nil
 }

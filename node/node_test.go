@@ -42,6 +42,7 @@ func startNode(t *testing.T, ctx context.Context, addr string, peers ...*vmNode)
 		cfg.Peers = append(cfg.Peers, Peer{ID: p.ID().String(), Addrs: addrs})
 	}
 	cfg.Namespace.Settle = "50ms"
+	cfg.Ring.Open, cfg.Namespace.Open = true, true
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
@@ -168,6 +169,7 @@ func TestSecondNodeOnSameStateDirIsRefused(t *testing.T) {
 	defer cancel()
 	a := startNode(t, ctx, "10.128.0.1/16")
 	cfg := &Config{StateDir: a.dir, TAP: TAPConfig{Address: "10.128.0.3/16"},
+		Ring: RingConfig{Open: true}, Namespace: NamespaceConfig{Open: true},
 		Listen: Listen{Control: []string{"/ip4/127.0.0.1/tcp/0"}, Data: "127.0.0.1:0"}}
 	cfg.setDefaults()
 	_, dev := tap.NewPipe()

@@ -85,6 +85,7 @@ func (r *addrResolver) counters(m map[string]uint64) {
 func (o *Overlay) AddrCounters() map[string]uint64 {
 	m := make(map[string]uint64)
 	o.addrs.counters(m)
+	o.admit.counters(m)
 	if o.dht != nil {
 		m["dht_refused"] = o.dht.store.refused.Load()
 		m["dht_peers"] = uint64(o.dht.RoutingTableSize())

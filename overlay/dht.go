@@ -17,6 +17,7 @@ import (
 	record "github.com/libp2p/go-libp2p-record"
 	recpb "github.com/libp2p/go-libp2p-record/pb"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/multiformats/go-base32"
 	"google.golang.org/protobuf/proto"
@@ -62,7 +63,7 @@ type DHT struct {
 	store *admittingStore
 }
 
-func newDHT(h host.Host, cfg DHTConfig) (*DHT, error) {
+func newDHT(h host.Host, cfg DHTConfig, o *Overlay) (*DHT, error) {
 	if cfg.Validator == nil {
 		return nil, errors.New("dht: no validator")
 	}
@@ -73,6 +74,15 @@ func newDHT(h host.Host, cfg DHTConfig) (*DHT, error) {
 		dht.Validator(cfg.Validator),
 		dht.Datastore(store),
 		dht.DisableProviders(),
+		// In a closed ring, only admitted peers take part.
+		dht.RoutingTableFilter(func(_ any, p peer.ID) bool { return o.isAdmitted(p, time.Now()) }),
+		dht.QueryFilter(func(_ any, ai peer.AddrInfo) bool { return !o.refusedPeer(ai.ID) }),
+		dht.OnRequestHook(func(_ context.Context, s network.Stream, req *dhtpb.Message) {
+			if !o.waitAdmitted(s.Conn().RemotePeer()) {
+				o.admit.gated.Add(1)
+				req.Type = -1 // no handler: the request is dropped
+			}
+		}),
 		// The ring keeps the links; the DHT's own refresh only needs to
 		// fill its buckets now and then.
 		dht.RoutingTableRefreshPeriod(10*time.Minute),

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p"
@@ -26,7 +27,8 @@ import (
 // no public bootstrap list), so the overlay stays private. Addresses inside
 // the virtual subnets are neither announced nor dialled: the control plane
 // must never run over the overlay it controls.
-func newHost(key crypto.PrivKey, listen []string, virtual []netip.Prefix) (host.Host, error) {
+func newHost(key crypto.PrivKey, listen []string, g *gater) (host.Host, error) {
+	virtual := g.virtual
 	cm, err := connmgr.NewConnManager(64, 256)
 	if err != nil {
 		return nil, fmt.Errorf("connection manager: %w", err)
@@ -44,7 +46,7 @@ func newHost(key crypto.PrivKey, listen []string, virtual []netip.Prefix) (host.
 		libp2p.AddrsFactory(func(addrs []ma.Multiaddr) []ma.Multiaddr {
 			return slices.DeleteFunc(addrs, func(a ma.Multiaddr) bool { return inVirtual(a, virtual) })
 		}),
-		libp2p.ConnectionGater(underlayOnly(virtual)),
+		libp2p.ConnectionGater(g),
 		libp2p.SwarmOpts(swarm.WithDialRanker(tcpFirst)),
 	)
 	if err != nil {
@@ -89,20 +91,29 @@ func inVirtual(a ma.Multiaddr, virtual []netip.Prefix) bool {
 	return false
 }
 
-// underlayOnly refuses to dial or accept control connections over
-// virtual addresses.
-type underlayOnly []netip.Prefix
+// gater refuses to dial or accept control connections over virtual
+// addresses, and connections with peers refused admission (admit.go).
+type gater struct {
+	virtual []netip.Prefix
+	// refused is set once the overlay exists.
+	refused atomic.Pointer[func(peer.ID) bool]
+}
 
-func (u underlayOnly) InterceptPeerDial(peer.ID) bool { return true }
-func (u underlayOnly) InterceptAddrDial(_ peer.ID, a ma.Multiaddr) bool {
-	return !inVirtual(a, u)
+func (g *gater) refusedPeer(id peer.ID) bool {
+	f := g.refused.Load()
+	return f != nil && (*f)(id)
 }
-func (u underlayOnly) InterceptAccept(c network.ConnMultiaddrs) bool {
-	return !inVirtual(c.RemoteMultiaddr(), u)
+
+func (g *gater) InterceptPeerDial(id peer.ID) bool { return !g.refusedPeer(id) }
+func (g *gater) InterceptAddrDial(_ peer.ID, a ma.Multiaddr) bool {
+	return !inVirtual(a, g.virtual)
 }
-func (u underlayOnly) InterceptSecured(network.Direction, peer.ID, network.ConnMultiaddrs) bool {
-	return true
+func (g *gater) InterceptAccept(c network.ConnMultiaddrs) bool {
+	return !inVirtual(c.RemoteMultiaddr(), g.virtual)
 }
-func (u underlayOnly) InterceptUpgraded(network.Conn) (bool, control.DisconnectReason) {
+func (g *gater) InterceptSecured(_ network.Direction, id peer.ID, _ network.ConnMultiaddrs) bool {
+	return !g.refusedPeer(id)
+}
+func (g *gater) InterceptUpgraded(network.Conn) (bool, control.DisconnectReason) {
 	return true, 0
 }

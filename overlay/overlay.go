@@ -84,6 +84,10 @@ type Config struct {
 	Router Router
 	// AEAD forces one suite; zero picks per link.
 	AEAD Suite
+	// Admission, if set, closes the ring: only peers whose proof it
+	// accepts may link, forward and store records (admit.go). Nil: an
+	// open ring.
+	Admission *AdmissionConfig
 	// DHT, if set, runs the overlay's record store (dht.go).
 	DHT *DHTConfig
 	// Resolve, if set, says which node holds a virtual address, from the
@@ -140,6 +144,7 @@ type Overlay struct {
 	stun      stunState
 	punches   punchCounters
 	addrs     addrResolver
+	admit     admission
 	dht       *DHT // nil without Config.DHT
 }
 
@@ -169,7 +174,8 @@ func New(ctx context.Context, cfg Config) (*Overlay, error) {
 		conn.Close()
 		return nil, fmt.Errorf("data socket: %w", err)
 	}
-	h, err := newHost(cfg.Identity, cfg.ControlAddrs, cfg.VirtualSubnets)
+	g := &gater{virtual: cfg.VirtualSubnets}
+	h, err := newHost(cfg.Identity, cfg.ControlAddrs, g)
 	if err != nil {
 		udp.Close()
 		return nil, err
@@ -187,8 +193,11 @@ func New(ctx context.Context, cfg Config) (*Overlay, error) {
 	o.routeBufs = newRouteBufs()
 	o.stun.init()
 	o.addrs.init(cfg.VirtualAddrs)
+	o.admit.init()
+	refused := o.refusedPeer
+	g.refused.Store(&refused)
 	if cfg.DHT != nil {
-		if o.dht, err = newDHT(h, *cfg.DHT); err != nil {
+		if o.dht, err = newDHT(h, *cfg.DHT, o); err != nil {
 			h.Close()
 			udp.Close()
 			return nil, err
@@ -200,8 +209,11 @@ func New(ctx context.Context, cfg Config) (*Overlay, error) {
 		o.ring = newRingManager(o)
 		o.router = o.ring
 	}
-	h.SetStreamHandler(linkProtocol, o.handleLinkStream)
-	h.SetStreamHandler(dataProtocol, o.handleDataStream)
+	if cfg.Admission != nil {
+		o.startAdmission()
+	}
+	h.SetStreamHandler(linkProtocol, o.gated(o.handleLinkStream))
+	h.SetStreamHandler(dataProtocol, o.gated(o.handleDataStream))
 	o.wg.Add(1)
 	go func() {
 		defer o.wg.Done()

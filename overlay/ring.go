@@ -233,7 +233,7 @@ func shortcutPolicy(p routing.ShortcutPolicy) routing.ShortcutPolicy {
 // start registers the control protocol and runs the maintenance loop.
 func (r *ringManager) start() {
 	h := r.o.host
-	h.SetStreamHandler(ringProtocol, r.handleStream)
+	h.SetStreamHandler(ringProtocol, r.o.gated(r.handleStream))
 	h.Network().Notify(&network.NotifyBundle{
 		DisconnectedF: func(network.Network, network.Conn) { r.kick() },
 	})

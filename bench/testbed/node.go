@@ -26,7 +26,8 @@ const readyTimeout = 30 * time.Second
 // StartNode writes cfg to ConfigPath and runs `ringnet up --config` in the
 // VM's namespace, logging to LogPath, then waits until the node answers
 // `ringnet status`. Empty fields get the bed's defaults: state_dir
-// StateDir(), tap.name TAPName; the rest is left to ringnet's own defaults.
+// StateDir(), tap.name TAPName, an open ring and namespace where the config
+// names no owner key; the rest is left to ringnet's own defaults.
 func (vm *VM) StartNode(ctx context.Context, cfg node.Config) error {
 	if vm.bed.ringnet == "" {
 		return fmt.Errorf("start node on %s: the bed has no ringnet binary (Options.RingnetPath)", vm.name)
@@ -36,6 +37,12 @@ func (vm *VM) StartNode(ctx context.Context, cfg node.Config) error {
 	}
 	if cfg.TAP.Name == "" {
 		cfg.TAP.Name = TAPName
+	}
+	if cfg.Ring.Root == "" {
+		cfg.Ring.Open = true
+	}
+	if cfg.Namespace.Root == "" {
+		cfg.Namespace.Open = true
 	}
 	if vm.NodeRunning() {
 		return fmt.Errorf("start node on %s: a node is running already", vm.name)

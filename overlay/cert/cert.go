@@ -627,3 +627,48 @@ func ReadKeyFile(path string) (crypto.PrivKey, error) {
 	}
 	return key, nil
 }
+
+// MarshalChain encodes a chain, leaf first, for the wire: a count byte,
+// then each certificate behind a 2-byte length. It is how a node shows its
+// chain to a peer, and how a lease record carries its holder's.
+func MarshalChain(chain []Cert) ([]byte, error) {
+	if len(chain) == 0 || len(chain) > MaxChain {
+		return nil, fmt.Errorf("chain of %d certificates, want 1 to %d", len(chain), MaxChain)
+	}
+	b := []byte{byte(len(chain))}
+	for i := range chain {
+		c, err := chain[i].MarshalBinary()
+		if err != nil {
+			return nil, fmt.Errorf("certificate %d: %w", i+1, err)
+		}
+		b = binary.BigEndian.AppendUint16(b, uint16(len(c)))
+		b = append(b, c...)
+	}
+	return b, nil
+}
+
+// ParseChain decodes what MarshalChain encoded. It checks each
+// certificate's form and signature, not the chain: that is Verify's job.
+func ParseChain(b []byte) ([]Cert, error) {
+	r := reader{b: b}
+	n := int(r.byte())
+	if !r.ok() || n == 0 || n > MaxChain {
+		return nil, fmt.Errorf("%w: chain of %d certificates", ErrMalformed, n)
+	}
+	chain := make([]Cert, 0, n)
+	for i := range n {
+		raw := r.bytes(int(r.uint16()))
+		if !r.ok() {
+			return nil, fmt.Errorf("%w: chain truncated at certificate %d", ErrMalformed, i+1)
+		}
+		c, err := ParseCert(raw)
+		if err != nil {
+			return nil, fmt.Errorf("certificate %d: %w", i+1, err)
+		}
+		chain = append(chain, c)
+	}
+	if err := r.end(); err != nil {
+		return nil, err
+	}
+	return chain, nil
+}

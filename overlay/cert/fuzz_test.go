@@ -72,3 +72,35 @@ func FuzzParseRevocation(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseChain feeds ParseChain what peers send in the admission
+// exchange and lease records carry: it must refuse, never panic, and what
+// it accepts must encode back to the same bytes.
+func FuzzParseChain(f *testing.F) {
+	owner, enroll, node := newKey(f), newKey(f), newKey(f)
+	del := mustIssue(f, owner, nsCert(Delegate, enroll))
+	member := mustIssue(f, enroll, nsCert(Member, node))
+	for _, chain := range [][]Cert{{member}, {member, del}} {
+		b, err := MarshalChain(chain)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Add([]byte{})
+	f.Add([]byte{4})
+	f.Add([]byte{1, 0xff, 0xff})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		chain, err := ParseChain(b)
+		if err != nil {
+			return
+		}
+		again, err := MarshalChain(chain)
+		if err != nil {
+			t.Fatalf("accepted chain does not encode: %v", err)
+		}
+		if string(again) != string(b) {
+			t.Fatalf("chain re-encodes differently:\n%x\n%x", b, again)
+		}
+	})
+}

@@ -1,0 +1,152 @@
+package overlay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"testing"
+	"time"
+
+	record "github.com/libp2p/go-libp2p-record"
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/ringnet/ringnet/dhcp"
+)
+
+// leaseRing starts n ring nodes with the DHT holding lease records, each
+// replica keeping the first claim it stores.
+func leaseRing(t *testing.T, n int, opts ...func(*Config)) []*testNode {
+	t.Helper()
+	v := &dhcp.LeaseValidator{}
+	dhtCfg := &DHTConfig{
+		Validator: record.NamespacedValidator{"lease": v},
+		Admit:     func(_ string, existing, incoming []byte) error { return v.Admit(existing, incoming) },
+	}
+	subnet := []netip.Prefix{netip.MustParsePrefix("10.128.0.0/16")}
+	var nodes []*testNode
+	for i := range n {
+		nodes = append(nodes, newTestNode(t, fmt.Sprintf("10.128.0.%d", i+1), 0, func(c *Config) {
+			c.Ring, c.VirtualSubnets, c.DHT = true, subnet, dhtCfg
+			if i > 0 {
+				c.Bootstrap = []peer.AddrInfo{{ID: nodes[0].ID(), Addrs: nodes[0].Host().Addrs()}}
+			}
+			for _, o := range opts {
+				o(c)
+			}
+		}))
+	}
+	return nodes
+}
+
+func signedLease(t *testing.T, key crypto.PrivKey, ip string) []byte {
+	t.Helper()
+	id, _ := peer.IDFromPrivateKey(key)
+	now := time.Now()
+	b, err := dhcp.SignLease(key, dhcp.Lease{Namespace: "lab", IP: netip.MustParseAddr(ip), Holder: id,
+		Issued: now, Expires: now.Add(time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestDHTReplicasKeepTheFirstClaim runs the lease rule over the real DHT:
+// a second claimant's record is refused by the replicas that hold the
+// first, so a Replicas read shows the first on a majority.
+func TestDHTReplicasKeepTheFirstClaim(t *testing.T) {
+	nodes := leaseRing(t, 5)
+	waitConsistent(t, nodes, 20*time.Second)
+	waitFor(t, "DHT routing tables", func() bool {
+		for _, n := range nodes {
+			if n.DHT().RoutingTableSize() < len(nodes)-1 {
+				return false
+			}
+		}
+		return true
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	key := dhcp.LeaseKey("lab", netip.MustParseAddr("10.128.0.50"))
+	a, b := nodes[1], nodes[3]
+	if err := a.DHT().Put(ctx, key, signedLease(t, a.cfg.Identity, "10.128.0.50")); err != nil {
+		t.Fatal(err)
+	}
+	// b's own store takes its record, unless b is a replica of a's: count
+	// what the replicas hold instead.
+	_ = b.DHT().Put(ctx, key, signedLease(t, b.cfg.Identity, "10.128.0.50"))
+	values, asked, err := b.DHT().Replicas(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if asked != len(nodes) {
+		t.Fatalf("asked %d replicas, want all %d nodes", asked, len(nodes))
+	}
+	holders := map[peer.ID]int{}
+	for _, v := range values {
+		l, err := dhcp.ParseLease(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		holders[l.Holder]++
+	}
+	if 2*holders[a.ID()] <= asked || holders[b.ID()] > 1 {
+		t.Fatalf("replicas hold %v of %d; want a's record on a majority and b's at most on b itself", holders, asked)
+	}
+	got, err := nodes[4].DHT().Get(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l, _ := dhcp.ParseLease(got); l.Holder != a.ID() {
+		t.Fatalf("Get returned %v's record, want a's", l.Holder)
+	}
+	// Malformed records are refused by validation, wherever they come from.
+	if err := a.DHT().Put(ctx, key, []byte("not a lease")); err == nil {
+		t.Fatal("a malformed record was stored")
+	}
+}
+
+// TestClosedRingRefusesStrangers closes the ring: nodes whose proof
+// checks link; a node with a bad proof is refused, counted and kept out.
+func TestClosedRingRefusesStrangers(t *testing.T) {
+	errBad := errors.New("bad proof")
+	admission := func(proof string) func(*Config) {
+		return func(c *Config) {
+			c.Admission = &AdmissionConfig{
+				Proof: []byte(proof),
+				Verify: func(_ peer.ID, p []byte, now time.Time) (time.Time, error) {
+					if string(p) != "member" {
+						return time.Time{}, errBad
+					}
+					return now.Add(time.Hour), nil
+				},
+			}
+		}
+	}
+	nodes := leaseRing(t, 3, admission("member"))
+	waitConsistent(t, nodes, 20*time.Second)
+	stranger := newTestNode(t, "10.128.0.99", 0, func(c *Config) {
+		c.Ring, c.VirtualSubnets = true, []netip.Prefix{netip.MustParsePrefix("10.128.0.0/16")}
+		c.Bootstrap = []peer.AddrInfo{{ID: nodes[0].ID(), Addrs: nodes[0].Host().Addrs()}}
+		admission("stranger")(c)
+	})
+	waitFor(t, "the stranger refused", func() bool { return nodes[0].AddrCounters()["admit_refused"] > 0 })
+	time.Sleep(2 * time.Second)
+	if st, _ := stranger.Ring(); len(st.Links) > 0 {
+		t.Fatalf("the stranger has ring links: %+v", st.Links)
+	}
+	for _, n := range nodes {
+		for _, l := range func() []RingLink { st, _ := n.Ring(); return st.Links }() {
+			if l.Peer == stranger.ID() {
+				t.Fatalf("a member links to the stranger")
+			}
+		}
+		if n.isAdmitted(stranger.ID(), time.Now()) {
+			t.Fatal("the stranger is admitted")
+		}
+	}
+	if err := consistent(nodes); err != nil {
+		t.Fatalf("the members' ring: %v", err)
+	}
+}
