@@ -260,6 +260,14 @@ func (o *Overlay) refuse(id peer.ID, why error) {
 	a.refusals.Add(1)
 	o.log.Warn("peer refused: no valid ring admission", "peer", id, "err", why)
 	o.host.Network().ClosePeer(id)
+	// Its sessions go too: a session outlives the connection it was
+	// made on.
+	o.mu.RLock()
+	p := o.peers[id]
+	o.mu.RUnlock()
+	if p != nil {
+		o.removePeer(p)
+	}
 }
 
 // recheckAdmissions checks every admitted peer's proof again: it may have

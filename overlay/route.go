@@ -396,7 +396,7 @@ func (o *Overlay) ringHandshake(rh routing.Header, body []byte) {
 		return
 	}
 	id, err := peer.IDFromBytes(body[1 : 1+body[0]])
-	if err != nil || routing.AddrFromPeer(id) != rh.Src || id == o.host.ID() {
+	if err != nil || routing.AddrFromPeer(id) != rh.Src || id == o.host.ID() || o.refusedPeer(id) {
 		o.drops.badHandshake.Add(1)
 		return
 	}
