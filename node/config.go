@@ -58,6 +58,10 @@ type RingConfig struct {
 	// EnrollKey, if set, is an enrollment key file the node admits
 	// itself with, for images booted by the hundred.
 	EnrollKey string `toml:"enroll_key,omitempty"`
+	// Revocations, if set, is a revocation list file (`ringnet ring
+	// revoke`) that this node publishes in the DHT; every node honours
+	// what the DHT holds.
+	Revocations string `toml:"revocations,omitempty"`
 }
 
 // NamespaceConfig names the VM's virtual network: the node claims an
@@ -76,10 +80,11 @@ type NamespaceConfig struct {
 	// Open lets any node claim addresses. Otherwise the namespace is
 	// closed: Root, Cert (and EnrollKey) work as in RingConfig, and the
 	// subnet and lease time may come from the certificate.
-	Open      bool   `toml:"open,omitempty"`
-	Root      string `toml:"root,omitempty"`
-	Cert      string `toml:"cert,omitempty"`
-	EnrollKey string `toml:"enroll_key,omitempty"`
+	Open        bool   `toml:"open,omitempty"`
+	Root        string `toml:"root,omitempty"`
+	Cert        string `toml:"cert,omitempty"`
+	EnrollKey   string `toml:"enroll_key,omitempty"`
+	Revocations string `toml:"revocations,omitempty"`
 }
 
 // ShortcutConfig is the shortcut policy (routing.ShortcutPolicy); zero

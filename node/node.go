@@ -177,7 +177,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger, opts ...Option) (*N
 		ControlAddrs:   cfg.Listen.Control,
 		DataAddr:       dataAddr,
 		VirtualSubnets: []netip.Prefix{subnet},
-		DHT:            &overlay.DHTConfig{Validator: record.NamespacedValidator{"lease": n.validator}, Admit: n.admit},
+		DHT:            &overlay.DHTConfig{Validator: record.NamespacedValidator{"lease": n.validator, "revoke": revocationValidator{}}, Admit: n.admit},
 		Admission:      t.admission(),
 		Resolve:        n.resolve,
 		Ring:           true,
@@ -210,10 +210,14 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger, opts ...Option) (*N
 		return nil, err
 	}
 	n.ctl.handle(n.Status)
-	n.wg.Add(3)
+	n.wg.Add(4)
 	go func() {
 		defer n.wg.Done()
 		n.keepLease(ctx)
+	}()
+	go func() {
+		defer n.wg.Done()
+		n.followRevocations(ctx)
 	}()
 	go func() {
 		defer n.wg.Done()

@@ -180,3 +180,42 @@ func TestTrustAdmission(t *testing.T) {
 		t.Fatalf("load with a missing enrollment key: %v", err)
 	}
 }
+
+// TestRevocationRecords checks the DHT's revocation records: signed by
+// the owner the key names, or refused.
+func TestRevocationRecords(t *testing.T) {
+	owner, other := newKey(t), newKey(t)
+	rev, err := cert.Revoke(owner, cert.Namespace, "lab", cert.NewSerial(), trustNow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := revocationKey(cert.Namespace, "lab", owner.GetPublic())
+	if err != nil {
+		t.Fatal(err)
+	}
+	good, err := encodeRevocationRecord(owner.GetPublic(), []cert.Revocation{rev})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := revocationValidator{}
+	if err := v.Validate(key, good); err != nil {
+		t.Fatalf("good record: %v", err)
+	}
+	empty, _ := encodeRevocationRecord(owner.GetPublic(), nil)
+	if i, err := v.Select(key, [][]byte{empty, good}); err != nil || i != 1 {
+		t.Fatalf("Select = %d, %v; want the record that revokes more", i, err)
+	}
+	otherRev, _ := cert.Revoke(other, cert.Namespace, "lab", cert.NewSerial(), trustNow)
+	forged, _ := encodeRevocationRecord(other.GetPublic(), []cert.Revocation{otherRev})
+	mixed, _ := encodeRevocationRecord(owner.GetPublic(), []cert.Revocation{rev, otherRev})
+	for name, value := range map[string][]byte{
+		"another owner's record":      forged,
+		"a revocation by another key": mixed,
+		"garbage":                     []byte{0, 3, 1, 2},
+		"empty":                       nil,
+	} {
+		if err := v.Validate(key, value); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}

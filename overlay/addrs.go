@@ -32,7 +32,7 @@ const (
 	unheldFor = 3 * time.Second
 	// bindingTTL is how long a binding is used before it is checked
 	// again (in the background: packets keep flowing meanwhile).
-	bindingTTL = 60 * time.Second
+	bindingTTL = 30 * time.Second
 	// heldPackets and heldBytes bound a peer's packets waiting for their
 	// source to be checked.
 	heldPackets = 32

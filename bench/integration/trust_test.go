@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -84,6 +86,10 @@ func TestClosedRingAndNamespace(t *testing.T) {
 			}
 			cfg.Ring.Cert = f
 		}
+		if i == 0 {
+			// m0 publishes the namespace owner's revocations.
+			cfg.Namespace.Revocations = "revoked.pem"
+		}
 		start(m, cfg)
 	}
 	addrs := make([]string, len(members))
@@ -152,6 +158,34 @@ func TestClosedRingAndNamespace(t *testing.T) {
 	if err != nil || st1.TAP.Counters["from_vm_drop_bad_source"] == 0 {
 		t.Fatalf("spoofed packets not counted at m1's gateway: %v %v", st1.TAP.Counters["from_vm_drop_bad_source"], err)
 	}
+
+	// The owner revokes m2's membership; m0 publishes it in the DHT, and
+	// within a minute m2's VM is unreachable for the other members.
+	text, err := os.ReadFile(filepath.Join(members[2].StateDir(), "namespace.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain, err := cert.ParseChainText(text)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev, err := cert.Revoke(lab.Key, cert.Namespace, "lab", chain[0].Serial, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	revText, err := cert.MarshalRevocationsText([]cert.Revocation{rev})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(members[0].StateDir(), "revoked.pem"), revText, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	revoked := time.Now()
+	waitFor2(t, "m2 unreachable after its revocation", 75*time.Second, func() bool {
+		r, err := members[1].Ping(ctx, addrs[2], "-c", "2", "-i", "0.5", "-W", "1")
+		return err != nil || r.Received == 0
+	})
+	t.Logf("m2's membership revoked: its VM unreachable from m1 %v later", time.Since(revoked).Round(time.Second))
 
 	// m3's ring certificate runs out: its peers let it go.
 	waitFor2(t, "m3's expired certificate refused", 70*time.Second, func() bool {
