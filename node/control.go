@@ -50,8 +50,14 @@ func listenControl(path string) (*controlServer, error) {
 }
 
 // handle sets what the socket serves; it must run before serve.
-func (c *controlServer) handle(status func() Status) {
+func (c *controlServer) handle(status func() Status, leases func(context.Context) []LeaseInfo) {
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET /leases", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(leases(r.Context()))
+	})
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
@@ -82,6 +88,25 @@ func (c *controlServer) close() error {
 
 // FetchStatus asks the node running with stateDir for its status.
 func FetchStatus(ctx context.Context, stateDir string) (*Status, error) {
+	var st Status
+	if err := fetch(ctx, stateDir, "status", &st); err != nil {
+		return nil, err
+	}
+	return &st, nil
+}
+
+// FetchLeases asks the node running with stateDir for the namespace's
+// leases it can see.
+func FetchLeases(ctx context.Context, stateDir string) ([]LeaseInfo, error) {
+	var ls []LeaseInfo
+	if err := fetch(ctx, stateDir, "leases", &ls); err != nil {
+		return nil, err
+	}
+	return ls, nil
+}
+
+// fetch GETs /what from the node's control socket into v.
+func fetch(ctx context.Context, stateDir, what string, v any) error {
 	path := ControlSocketIn(stateDir)
 	client := &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -89,24 +114,23 @@ func FetchStatus(ctx context.Context, stateDir string) (*Status, error) {
 			return d.DialContext(ctx, "unix", path)
 		},
 	}}
-	req, err := http.NewRequestWithContext(ctx, "GET", "http://ringnet/status", nil)
+	req, err := http.NewRequestWithContext(ctx, "GET", "http://ringnet/"+what, nil)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("no node answers on %s (is `ringnet up` running with this state directory?): %w", path, err)
+		return fmt.Errorf("no node answers on %s (is `ringnet up` running with this state directory?): %w", path, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
-		return nil, fmt.Errorf("status: %s: %s", resp.Status, b)
+		return fmt.Errorf("%s: %s: %s", what, resp.Status, b)
 	}
-	var st Status
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
-		return nil, fmt.Errorf("status: %w", err)
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
 	}
-	return &st, nil
+	return nil
 }
 
 func idStrings[T fmt.Stringer](ids []T) []string {

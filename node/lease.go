@@ -300,3 +300,48 @@ func sleep(ctx context.Context, d time.Duration) {
 	case <-t.C:
 	}
 }
+
+// LeaseInfo is one lease of the namespace that the node can see.
+type LeaseInfo struct {
+	Addr    string `json:"addr"`
+	Holder  string `json:"holder"`
+	Expires string `json:"expires,omitempty"` // RFC 3339; empty for a binding
+	// Seen says how the node knows it: "own" (its VM's), "replica" (it
+	// stores the record for the DHT), "bound" (it sends to the address).
+	Seen string `json:"seen"`
+}
+
+// Leases lists the namespace's leases the node can see: its own, the
+// records it stores as a DHT replica, and the addresses it sends to.
+func (n *Node) Leases(ctx context.Context) []LeaseInfo {
+	var out []LeaseInfo
+	seen := make(map[string]bool)
+	if l, ok := n.Lease(); ok {
+		out = append(out, LeaseInfo{Addr: l.IP.String(), Holder: l.Holder.String(),
+			Expires: l.Expires.UTC().Format(time.RFC3339), Seen: "own"})
+		seen[l.IP.String()] = true
+	}
+	values, err := n.ov.DHT().LocalRecords(ctx, dhcp.LeaseNamespace)
+	if err != nil {
+		n.log.Warn("listing lease records", "err", err)
+	}
+	for _, v := range values {
+		l, err := dhcp.ParseLease(v)
+		if err != nil || l.Namespace != n.trust.nsID || n.validator.Validate(l.Key(), v) != nil || seen[l.IP.String()] {
+			continue
+		}
+		seen[l.IP.String()] = true
+		out = append(out, LeaseInfo{Addr: l.IP.String(), Holder: l.Holder.String(),
+			Expires: l.Expires.UTC().Format(time.RFC3339), Seen: "replica"})
+	}
+	for a, id := range n.ov.Bindings() {
+		if !seen[a.String()] {
+			seen[a.String()] = true
+			out = append(out, LeaseInfo{Addr: a.String(), Holder: id.String(), Seen: "bound"})
+		}
+	}
+	slices.SortFunc(out, func(a, b LeaseInfo) int {
+		return netip.MustParseAddr(a.Addr).Compare(netip.MustParseAddr(b.Addr))
+	})
+	return out
+}

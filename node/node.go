@@ -209,7 +209,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger, opts ...Option) (*N
 	if err := n.gw.SetVMAddr(netip.Addr{}); err != nil {
 		return nil, err
 	}
-	n.ctl.handle(n.Status)
+	n.ctl.handle(n.Status, n.Leases)
 	n.wg.Add(4)
 	go func() {
 		defer n.wg.Done()

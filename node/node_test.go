@@ -162,6 +162,13 @@ func TestTwoNodesCarryAPing(t *testing.T) {
 	if st.Peers[0].RxPackets != 1 || st.Peers[0].PeerID != a.ID().String() {
 		t.Errorf("status of b: %+v", st.Peers[0])
 	}
+	// a sees its own lease and b's: b's record is on both nodes, the
+	// only two replicas.
+	ls := a.Leases(ctx)
+	if len(ls) != 2 || ls[0].Addr != "10.128.0.1" || ls[0].Seen != "own" ||
+		ls[1].Addr != "10.128.0.2" || ls[1].Holder != b.ID().String() || ls[1].Seen != "replica" {
+		t.Errorf("a's leases: %+v", ls)
+	}
 }
 
 func TestSecondNodeOnSameStateDirIsRefused(t *testing.T) {

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
 )
 
 // Which peer holds a virtual address, when Config.Resolve is set: the
@@ -89,6 +91,18 @@ func (o *Overlay) AddrCounters() map[string]uint64 {
 	if o.dht != nil {
 		m["dht_refused"] = o.dht.store.refused.Load()
 		m["dht_peers"] = uint64(o.dht.RoutingTableSize())
+	}
+	return m
+}
+
+// Bindings returns the addresses this node sends to, and the peers the
+// lease records bind them to.
+func (o *Overlay) Bindings() map[netip.Addr]peer.ID {
+	o.mu.RLock()
+	defer o.mu.RUnlock()
+	m := make(map[netip.Addr]peer.ID, len(o.byAddr))
+	for a, p := range o.byAddr {
+		m[a] = p.id
 	}
 	return m
 }

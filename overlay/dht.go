@@ -10,6 +10,7 @@ import (
 	"time"
 
 	ds "github.com/ipfs/go-datastore"
+	"github.com/ipfs/go-datastore/query"
 	dssync "github.com/ipfs/go-datastore/sync"
 	dht "github.com/libp2p/go-libp2p-kad-dht"
 	dhtpb "github.com/libp2p/go-libp2p-kad-dht/pb"
@@ -182,6 +183,28 @@ func (d *DHT) local(ctx context.Context, key string) ([]byte, error) {
 		return nil, errors.New("malformed stored record")
 	}
 	return rec.GetValue(), nil
+}
+
+// LocalRecords returns the values of the records this node stores whose
+// keys are in namespace ns ("lease" for "/lease/..."): what it holds as a
+// replica.
+func (d *DHT) LocalRecords(ctx context.Context, ns string) ([][]byte, error) {
+	res, err := d.store.Query(ctx, query.Query{Prefix: "/" + ns})
+	if err != nil {
+		return nil, err
+	}
+	defer res.Close()
+	var out [][]byte
+	for e := range res.Next() {
+		if e.Error != nil {
+			return out, e.Error
+		}
+		var rec recpb.Record
+		if proto.Unmarshal(e.Value, &rec) == nil {
+			out = append(out, rec.GetValue())
+		}
+	}
+	return out, nil
 }
 
 // RoutingTableSize is how many DHT servers this node knows.

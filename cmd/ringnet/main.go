@@ -3,6 +3,7 @@
 //	ringnet up --config FILE          run a node until SIGINT or SIGTERM
 //	ringnet id [--config FILE | --state-dir DIR]
 //	ringnet status [--json] [--config FILE | --state-dir DIR]
+//	ringnet leases [--json] [--config FILE | --state-dir DIR]
 //	ringnet version
 //
 // Certificates (see namespace.go): a ring admits, and a namespace accepts
@@ -45,6 +46,9 @@ const usage = `usage:
   ringnet up --config FILE
   ringnet id [--config FILE | --state-dir DIR]
   ringnet status [--json] [--config FILE | --state-dir DIR]
+  ringnet leases [--json] [--config FILE | --state-dir DIR]
+      the namespace's leases the node sees: its own, those it stores for
+      the DHT, and the addresses it sends to
   ringnet version
 
   ringnet ring create -name NAME -out DIR
@@ -91,6 +95,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return id(args, stdout)
 	case "status":
 		return status(args, stdout)
+	case "leases":
+		return leases(args, stdout)
 	case "ring":
 		return scopeCommand(cert.Ring, args, stdout, stderr)
 	case "namespace":
@@ -226,10 +232,50 @@ func status(args []string, stdout io.Writer) error {
 	return nil
 }
 
+func leases(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("leases", flag.ContinueOnError)
+	var sf stateFlags
+	sf.register(fs)
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	dir, err := sf.dir()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ls, err := node.FetchLeases(ctx, dir)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(ls)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ADDRESS\tHOLDER\tEXPIRES\tSEEN")
+	for _, l := range ls {
+		exp := l.Expires
+		if exp == "" {
+			exp = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", l.Addr, l.Holder, exp, l.Seen)
+	}
+	return tw.Flush()
+}
+
 func printStatus(w io.Writer, st *node.Status) {
 	fmt.Fprintf(w, "ringnet %s\n", st.Version)
 	fmt.Fprintf(w, "peer ID:     %s\n", st.PeerID)
-	fmt.Fprintf(w, "virtual IP:  %s (subnet %s)\n", st.VirtualIP, st.Subnet)
+	if st.Lease.Addr != "" {
+		fmt.Fprintf(w, "virtual IP:  %s (subnet %s), leased until %s\n", st.VirtualIP, st.Subnet, st.Lease.Expires)
+	} else {
+		fmt.Fprintf(w, "virtual IP:  none yet (subnet %s): claiming an address\n", st.Subnet)
+	}
+	fmt.Fprintf(w, "namespace:   %s\n", st.Namespace)
 	fmt.Fprintf(w, "TAP:         %s, MTU %d, gateway MAC %s\n", st.TAP.Name, st.TAP.MTU, st.TAP.GatewayMAC)
 	fmt.Fprintf(w, "data socket: %s\n", st.DataAddr)
 	for _, a := range st.Addresses {
