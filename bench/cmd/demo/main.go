@@ -1,7 +1,10 @@
-// Command demo shows ringnet at work: nine VMs at three sites join one ring
-// through a single bootstrap node and reach each other by their virtual
-// addresses, over multi-hop paths where they have no link of their own;
-// and a tenth, behind a NAT, gets its address by DHCP from its node. It builds
+// Command demo shows ringnet at work: an operator makes a closed ring and
+// namespace and admits nine VMs at three sites; they join one ring through
+// a single bootstrap node, claim their addresses as leases in the
+// overlay's DHT, and reach each other by their virtual addresses, over
+// multi-hop paths where they have no link of their own; and a tenth,
+// behind a NAT, boots like an appliance: it admits itself with an
+// enrollment key and gets a free address by DHCP from its node. It builds
 // them as network namespaces (bench/testbed), so it needs root, and removes
 // everything when it ends. scripts/demo builds ringnet and runs it.
 package main
@@ -11,6 +14,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"slices"
@@ -86,19 +90,38 @@ func run(ctx context.Context, ringnet, runID string) error {
 		say("  VM %-5s at site %-5s: underlay address %v, ringnet peer ID %s", m.name, m.site, m.vm.UnderlayIP(), id)
 	}
 
+	op, err := newOperator(ctx, ringnet, bed.WorkDir())
+	if err != nil {
+		return err
+	}
+	for _, m := range members {
+		if err := op.admit(ctx, m.vm); err != nil {
+			return err
+		}
+	}
+	say("  and admitted each VM's peer ID to both (ringnet ring|namespace admit -peer ID ...).")
+
 	boot, err := members[0].vm.BootstrapAddr(ctx)
 	if err != nil {
 		return err
 	}
 	say("\nStarting a ringnet node in each VM. %s's starts the ring; every other node is", members[0].name)
 	say("given only one bootstrap address, %s's:\n  bootstrap = [\"%s\"]", members[0].name, boot)
+	say("Each node claims its address as a lease in the overlay's DHT: the first claim on an")
+	say("address wins, and a node offers it to its VM only once most of the DHT agrees.")
 	vms, vips := make([]*testbed.VM, len(members)), make([]string, len(members))
 	for i, m := range members {
 		vms[i], vips[i] = m.vm, m.vip+"/16"
 	}
-	if err := testbed.StartRing(ctx, node.Config{}, vms, vips); err != nil {
+	if err := testbed.StartRing(ctx, op.config(), vms, vips); err != nil {
 		bed.DumpLogs(30)
 		return err
+	}
+	for _, m := range members {
+		if err := waitLease(ctx, m.vm); err != nil {
+			bed.DumpLogs(30)
+			return err
+		}
 	}
 	if err := waitRing(ctx, vms); err != nil {
 		bed.DumpLogs(30)
@@ -159,7 +182,17 @@ func run(ctx context.Context, ringnet, runID string) error {
 	}
 	say("  %s received %.1f MB in %.1f s: %.2f Gbit/s.", b.name, float64(r.Bytes)/1e6, r.Seconds, r.BitsPerSecond/1e9)
 
-	if err := dhcpDemo(ctx, bed, a); err != nil {
+	out, err := exec.CommandContext(ctx, ringnet, "leases", "--state-dir", a.vm.StateDir()).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("ringnet leases: %w\n%s", err, out)
+	}
+	say("\nThe leases %s's node sees (ringnet leases): its own, the records it stores for the DHT,", a.name)
+	say("and the addresses it sends to.")
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		say("  %s", line)
+	}
+
+	if err := dhcpDemo(ctx, bed, op, a); err != nil {
 		return err
 	}
 	say("\nDone: ten VMs at four sites talked over their virtual addresses through ringnet.")
@@ -204,14 +237,18 @@ bound|renew)
 esac
 `
 
-// dhcpDemo boots a VM the way an appliance image does: its node leaves the
-// TAP unconfigured, and the VM's own DHCP client asks the node for its
-// address.
-func dhcpDemo(ctx context.Context, bed *testbed.Bed, peer *member) error {
-	say("\nA tenth VM, dave, boots like an appliance behind a NAT: its node leaves the TAP")
-	say("unconfigured, and dave's own DHCP client (busybox udhcpc) asks the node for an address.")
-	say("Its node joins the ring through %s's address like the others: the nodes that answer", peer.name)
-	say("cannot dial it through its NAT, so they ask it to dial them instead.")
+// dhcpDemo boots a VM the way an appliance image does: its image carries
+// enrollment keys rather than certificates, its node leaves the TAP
+// unconfigured and picks a free address, and the VM's own DHCP client
+// asks the node for it.
+func dhcpDemo(ctx context.Context, bed *testbed.Bed, op *operator, peer *member) error {
+	say("\nA tenth VM, dave, boots like an appliance behind a NAT. Its image carries no")
+	say("certificate of its own, only enrollment keys the operator made for images")
+	say("(ringnet ring|namespace delegate): the node admits itself at boot. Its config names")
+	say("no address: the node claims a free one in the namespace, and dave's own DHCP")
+	say("client (busybox udhcpc) gets it from the node. The node joins the ring through")
+	say("%s's address; the nodes that answer cannot dial it through its NAT, so they ask", peer.name)
+	say("it to dial them instead.")
 	site, err := bed.AddSite(ctx, "oslo", testbed.NATCone)
 	if err != nil {
 		return err
@@ -224,11 +261,13 @@ func dhcpDemo(ctx context.Context, bed *testbed.Bed, peer *member) error {
 	if err != nil {
 		return err
 	}
-	no := false
-	cfg := node.Config{
-		TAP:       node.TAPConfig{Address: "10.128.0.4/16", ConfigureAddress: &no},
-		Bootstrap: []string{boot},
+	cfg, err := op.enroll(ctx, dave)
+	if err != nil {
+		return err
 	}
+	no := false
+	cfg.TAP.ConfigureAddress = &no
+	cfg.Bootstrap = []string{boot}
 	if err := dave.StartNode(ctx, cfg); err != nil {
 		bed.DumpLogs(30)
 		return err
@@ -271,3 +310,97 @@ func dhcpDemo(ctx context.Context, bed *testbed.Bed, peer *member) error {
 }
 
 func say(format string, args ...any) { fmt.Printf(format+"\n", args...) }
+
+// operator holds the ring's and the namespace's owner keys, and runs the
+// ringnet commands an operator would.
+type operator struct {
+	ringnet, dir     string
+	ringRoot, nsRoot string
+}
+
+func newOperator(ctx context.Context, ringnet, dir string) (*operator, error) {
+	op := &operator{ringnet: ringnet, dir: filepath.Join(dir, "operator")}
+	var err error
+	say("\nThe operator makes a closed ring and a namespace with owner keys of their own:")
+	if op.ringRoot, err = op.cmd(ctx, "ring", "create", "-name", "grid", "-out", op.dir); err != nil {
+		return nil, err
+	}
+	if op.nsRoot, err = op.cmd(ctx, "namespace", "create", "-name", "lab", "-subnet", "10.128.0.0/16",
+		"-lease", "1h", "-out", op.dir); err != nil {
+		return nil, err
+	}
+	say("  ringnet ring create -name grid               -> owner key %s…", op.ringRoot[:16])
+	say("  ringnet namespace create -name lab -subnet 10.128.0.0/16 -lease 1h -> owner key %s…", op.nsRoot[:16])
+	return op, nil
+}
+
+func (op *operator) cmd(ctx context.Context, args ...string) (string, error) {
+	var stderr strings.Builder
+	c := exec.CommandContext(ctx, op.ringnet, args...)
+	c.Stderr = &stderr
+	out, err := c.Output()
+	if err != nil {
+		return "", fmt.Errorf("ringnet %s: %w\n%s%s", strings.Join(args, " "), err, out, stderr.String())
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+// admit issues vm's node its ring and namespace certificates, into its
+// state directory.
+func (op *operator) admit(ctx context.Context, vm *testbed.VM) error {
+	id, err := vm.PeerID(ctx)
+	if err != nil {
+		return err
+	}
+	for _, scope := range []string{"ring", "namespace"} {
+		name := map[string]string{"ring": "grid", "namespace": "lab"}[scope]
+		if _, err := op.cmd(ctx, scope, "admit", "-key", filepath.Join(op.dir, scope+"-"+name+".key"),
+			"-peer", id, "-days", "1", "-out", filepath.Join(vm.StateDir(), scope+".pem")); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// config is the trust part of a member's config.
+func (op *operator) config() node.Config {
+	return node.Config{
+		Ring:      node.RingConfig{Name: "grid", Root: op.ringRoot, Cert: "ring.pem"},
+		Namespace: node.NamespaceConfig{Name: "lab", Root: op.nsRoot, Cert: "namespace.pem"},
+	}
+}
+
+// enroll puts enrollment keys and their chains into vm's state directory,
+// as an appliance image would carry them, and returns the config that
+// names them.
+func (op *operator) enroll(ctx context.Context, vm *testbed.VM) (node.Config, error) {
+	for _, scope := range []string{"ring", "namespace"} {
+		name := map[string]string{"ring": "grid", "namespace": "lab"}[scope]
+		if _, err := op.cmd(ctx, scope, "delegate", "-key", filepath.Join(op.dir, scope+"-"+name+".key"),
+			"-out-key", filepath.Join(vm.StateDir(), scope+"-enroll.key"), "-days", "1",
+			"-out", filepath.Join(vm.StateDir(), scope+"-enroll.pem")); err != nil {
+			return node.Config{}, err
+		}
+	}
+	cfg := op.config()
+	cfg.Ring.Cert, cfg.Ring.EnrollKey = "ring-enroll.pem", "ring-enroll.key"
+	cfg.Namespace.Cert, cfg.Namespace.EnrollKey = "namespace-enroll.pem", "namespace-enroll.key"
+	return cfg, nil
+}
+
+// waitLease waits until vm's node holds its lease.
+func waitLease(ctx context.Context, vm *testbed.VM) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for {
+		st, err := vm.Status(ctx)
+		if err == nil && st.Lease.Addr != "" {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s's node holds no lease: %w", vm.Name(), ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
