@@ -27,8 +27,12 @@ import (
 const (
 	// resolveTimeout bounds one lookup.
 	resolveTimeout = 5 * time.Second
-	// maxResolving bounds the lookups in flight.
+	// maxResolving bounds the lookups in flight, and lookupRate and
+	// lookupBurst how many start per second: a VM that scans the subnet
+	// costs the DHT little.
 	maxResolving = 16
+	lookupRate   = 20
+	lookupBurst  = 40
 	// unheldFor is how long an address nobody holds is not looked up
 	// again.
 	unheldFor = 3 * time.Second
@@ -55,6 +59,8 @@ type addrResolver struct {
 	checked  map[netip.Addr]time.Time // when the binding was last confirmed
 	self     []netip.Addr             // this node's own addresses
 	rx       Receiver                 // delivers held packets; under mu
+	tokens   float64                  // lookups that may start now
+	refilled time.Time
 
 	lookups  atomic.Uint64
 	resolved atomic.Uint64
@@ -70,6 +76,7 @@ func (r *addrResolver) init(self []netip.Addr) {
 	r.unheld = make(map[netip.Addr]time.Time)
 	r.checked = make(map[netip.Addr]time.Time)
 	r.self = slices.Clone(self)
+	r.tokens, r.refilled = lookupBurst, time.Now()
 }
 
 func (r *addrResolver) counters(m map[string]uint64) {
@@ -146,11 +153,14 @@ func (o *Overlay) lookupAddr(ip netip.Addr) bool {
 		r.mu.Unlock()
 		return false
 	}
-	if len(r.inFlight) >= maxResolving {
+	r.tokens = min(lookupBurst, r.tokens+now.Sub(r.refilled).Seconds()*lookupRate)
+	r.refilled = now
+	if len(r.inFlight) >= maxResolving || r.tokens < 1 {
 		r.mu.Unlock()
 		r.busy.Add(1)
 		return false
 	}
+	r.tokens--
 	r.inFlight[ip] = true
 	r.mu.Unlock()
 	r.lookups.Add(1)

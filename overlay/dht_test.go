@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -148,5 +149,35 @@ func TestClosedRingRefusesStrangers(t *testing.T) {
 	}
 	if err := consistent(nodes); err != nil {
 		t.Fatalf("the members' ring: %v", err)
+	}
+}
+
+// TestAddressLookupsAreBounded scans addresses nobody holds: lookups start
+// at a bounded rate, and the rest are counted, not sent.
+func TestAddressLookupsAreBounded(t *testing.T) {
+	var calls atomic.Int64
+	n := newTestNode(t, "10.128.0.1", 0, func(c *Config) {
+		c.VirtualSubnets = []netip.Prefix{netip.MustParsePrefix("10.128.0.0/16")}
+		c.Resolve = func(ctx context.Context, _ *DHT, _ netip.Addr) (peer.ID, error) {
+			calls.Add(1)
+			return "", ErrNotHeld
+		}
+	})
+	for i := range 1000 {
+		n.Holds(netip.AddrFrom4([4]byte{10, 128, byte(i >> 8), byte(i)}))
+	}
+	waitFor(t, "lookups to end", func() bool { return n.AddrCounters()["addr_not_held"] == uint64(calls.Load()) })
+	if c := calls.Load(); c > lookupBurst+5 {
+		t.Fatalf("%d lookups for a scan of 1000 addresses, want about %d", c, lookupBurst)
+	}
+	if busy := n.AddrCounters()["addr_lookup_busy"]; busy < 900 {
+		t.Fatalf("busy = %d, want the lookups not started counted", busy)
+	}
+	// An address nobody holds is not looked up again at once.
+	before := calls.Load()
+	n.Holds(netip.MustParseAddr("10.128.0.5"))
+	time.Sleep(100 * time.Millisecond)
+	if calls.Load() != before {
+		t.Fatal("an address just found unheld was looked up again")
 	}
 }
