@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
-	"github.com/libp2p/go-libp2p/core/routing"
 
 	"github.com/ringnet/ringnet/dhcp"
 	"github.com/ringnet/ringnet/overlay"
@@ -98,27 +97,44 @@ func (n *Node) admit(key string, existing, incoming []byte) error {
 }
 
 // resolve finds the holder of ip in the lease records
-// (overlay.Config.Resolve).
+// (overlay.Config.Resolve): the holder whose valid record most of the
+// replicas hold, as a claim is won. A claim that lost leaves its short
+// provisional record on a few replicas for a while; a lookup that took
+// the best record by the conflict rule alone could name that loser.
 func (n *Node) resolve(ctx context.Context, d *overlay.DHT, ip netip.Addr) (peer.ID, error) {
 	if d == nil {
 		return "", errors.New("no DHT")
 	}
 	key := dhcp.LeaseKey(n.trust.nsID, ip)
-	v, err := d.Get(ctx, key)
-	if errors.Is(err, routing.ErrNotFound) {
-		return "", overlay.ErrNotHeld
-	}
+	values, _, err := d.Replicas(ctx, key)
 	if err != nil {
 		return "", err
 	}
-	if err := n.validator.Validate(key, v); err != nil {
-		return "", fmt.Errorf("%w: %w", overlay.ErrNotHeld, err)
+	count := make(map[peer.ID]int)
+	best := make(map[peer.ID]dhcp.Lease)
+	for _, v := range values {
+		if n.validator.Validate(key, v) != nil {
+			continue
+		}
+		l, err := dhcp.ParseLease(v)
+		if err != nil {
+			continue
+		}
+		count[l.Holder]++
+		best[l.Holder] = l
 	}
-	l, err := dhcp.ParseLease(v)
-	if err != nil {
-		return "", fmt.Errorf("%w: %w", overlay.ErrNotHeld, err)
+	var holder peer.ID
+	for h, c := range count {
+		switch {
+		case holder == "", c > count[holder],
+			c == count[holder] && dhcp.Wins(best[h], best[holder]):
+			holder = h
+		}
 	}
-	return l.Holder, nil
+	if holder == "" {
+		return "", overlay.ErrNotHeld
+	}
+	return holder, nil
 }
 
 // keepLease claims the VM's address and keeps it until ctx ends.

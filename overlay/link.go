@@ -238,6 +238,15 @@ func (p *Peer) tick(ctx context.Context) {
 	// pull a peer off its session over the ring. A link session the peer
 	// started is used all the same.
 	mayLink := p.o.ring == nil || static || p.ringLink.Load()
+	if ring && !static && !mayLink && linkSession && p.silentWhileSending(now) {
+		// A link session the peer started, on a connection it no longer
+		// keeps, and the peer has stopped answering it: it lost the
+		// session. We may not handshake on the connection; drop the
+		// session, so that the ring carries the packets under a new one.
+		p.o.log.Debug("link session silent; falling back to the ring", "peer", p.id)
+		p.dropLinkSessions()
+		linkSession = false
+	}
 	// A link whose control connection is gone keeps its UDP path while
 	// pings over it are answered; after that the ring carries its
 	// packets.
@@ -286,8 +295,7 @@ func (p *Peer) tickRing(now time.Time) {
 	wanted := p.ring.wanted || sending
 	// Sending, answered by silence though pinged: the peer may have
 	// restarted and lost our keys. Handshake again.
-	silent := sending && now.Sub(p.lastHeard) > ringSilence &&
-		p.current != nil && now.Sub(p.current.created) > ringSilence
+	silent := p.silentLocked(now)
 	p.mu.Unlock()
 	if silent {
 		p.requestRekey("peer silent")
@@ -321,6 +329,24 @@ func (p *Peer) tickRing(now time.Time) {
 		}
 	}
 	p.ping(now)
+}
+
+// silentWhileSending reports whether we have sent to the peer lately
+// while it stayed silent for ringSilence, under a session that old.
+func (p *Peer) silentWhileSending(now time.Time) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if tx := p.txPackets.Load(); tx != p.lastTx {
+		p.lastTx, p.lastTxChange = tx, now
+	}
+	return p.silentLocked(now)
+}
+
+// silentLocked is silentWhileSending with p.mu held.
+func (p *Peer) silentLocked(now time.Time) bool {
+	sending := now.Sub(p.lastTxChange) < quietAfter
+	return sending && now.Sub(p.lastHeard) > ringSilence &&
+		p.current != nil && now.Sub(p.current.created) > ringSilence
 }
 
 // unconfirmedRing reports whether the current session is one over the
