@@ -1,7 +1,9 @@
 package integration
 
 import (
+	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,130 +15,184 @@ import (
 	"github.com/ringnet/ringnet/node"
 )
 
-// Client scripts: they configure only the VM's own interface, inside its
-// namespace, and log what they did to @LOG@ (filled in per test: dhclient
-// gives its script an environment of its own); they never touch shared
-// files such as /etc/resolv.conf.
-const (
-	udhcpcScript = `#!/bin/sh
-case "$1" in
-bound|renew)
-	ip addr flush dev "$interface"
-	ip addr add "$ip/$mask" dev "$interface"
-	[ -n "$mtu" ] && ip link set dev "$interface" mtu "$mtu"
-	echo "$1 $ip/$mask mtu=$mtu lease=$lease" >> "@LOG@" ;;
-deconfig)
-	ip addr flush dev "$interface"
-	echo "$1" >> "@LOG@" ;;
-esac
-`
-	dhclientScript = `#!/bin/sh
-case "$reason" in
-BOUND|RENEW|REBIND|REBOOT)
-	ip addr flush dev "$interface"
-	ip addr add "$new_ip_address/$new_subnet_mask" dev "$interface"
-	[ -n "$new_interface_mtu" ] && ip link set dev "$interface" mtu "$new_interface_mtu"
-	echo "$reason $new_ip_address/$new_subnet_mask mtu=$new_interface_mtu lease=$new_dhcp_lease_time" >> "@LOG@" ;;
-RELEASE|EXPIRE|STOP)
-	ip addr flush dev "$interface"
-	echo "$reason" >> "@LOG@" ;;
-esac
-`
-)
+// The clients' hook scripts (testbed.WriteDHCPScript) configure only the
+// VM's own interface, inside its namespace, and log what they did; they
+// never touch shared files such as /etc/resolv.conf. dhcpcd also runs
+// over private copies of its state directories (testbed.PrivateDhcpcd).
 
 // TestDHCPClientsGetTheAddress runs real DHCP clients in a VM whose node
 // does not configure the TAP itself: each obtains the node's address with
-// the overlay's MTU, reaches a peer with it, renews and releases.
+// the overlay's MTU, reaches a peer with it, renews and releases. In the
+// "picked" case the node has no tap.address, only namespace.subnet: it
+// picks a free address, which the client gets.
 func TestDHCPClientsGetTheAddress(t *testing.T) {
-	for _, client := range []string{"udhcpc", "dhclient"} {
-		t.Run(client, func(t *testing.T) {
-			ctx := t.Context()
-			// The VM configures its interface itself, with DHCP.
-			a, b := startPair(t, ctx, testbed.NATNone, func(c *node.Config) {
-				no := false
-				c.TAP.ConfigureAddress = &no
-			})
-			dir := t.TempDir()
-			logPath := filepath.Join(dir, "client.log")
-			script := filepath.Join(dir, "script")
-			body := udhcpcScript
-			if client == "dhclient" {
-				body = dhclientScript
-			}
-			body = strings.ReplaceAll(body, "@LOG@", logPath)
-			if err := os.WriteFile(script, []byte(body), 0o755); err != nil {
-				t.Fatal(err)
-			}
-			var args []string
-			switch client {
-			case "udhcpc":
-				// In the foreground, so that signals renew (USR1) and
-				// release (USR2) the lease.
-				args = []string{"udhcpc", "-f", "-i", testbed.TAPName, "-s", script, "-t", "5", "-T", "1", "-A", "1",
-					"-p", filepath.Join(dir, "pid")}
-			case "dhclient":
-				args = []string{"dhclient", "-1", "-d", "-sf", script, "-lf", filepath.Join(dir, "leases"),
-					"-pf", filepath.Join(dir, "pid"), testbed.TAPName}
-			}
-			proc, err := a.Start(args...)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer proc.Stop(syscall.SIGKILL, time.Second)
-			// The scripts log the mask as their clients give it (/16 or
-			// /255.255.0.0); the interface must end up with /16.
-			want := vipA + "/16"
-			waitLog(t, logPath, " "+vipA+"/")
-			out, err := a.Output(ctx, "ip", "-4", "-o", "addr", "show", "dev", testbed.TAPName)
-			if err != nil || !strings.Contains(string(out), want) {
-				t.Fatalf("%s on %s: %s %v; want %s", client, testbed.TAPName, out, err, want)
-			}
-			mtu, err := a.Output(ctx, "cat", "/sys/class/net/"+testbed.TAPName+"/mtu")
-			if err != nil || strings.TrimSpace(string(mtu)) != fmt.Sprint(node.TAPMTU(node.DefaultUnderlayMTU)) {
-				t.Errorf("MTU after DHCP: %q %v, want %d", mtu, err, node.TAPMTU(node.DefaultUnderlayMTU))
-			}
-			if err := a.WaitReachable(ctx, vipB); err != nil {
-				t.Fatalf("with its DHCP address, a cannot reach b: %v", err)
-			}
-			if err := b.WaitReachable(ctx, vipA); err != nil {
-				t.Fatalf("b cannot reach a at its DHCP address: %v", err)
-			}
+	for _, tc := range []struct {
+		name, client string
+		pick         bool
+	}{
+		{"udhcpc", testbed.Udhcpc, false},
+		{"dhclient", testbed.Dhclient, false},
+		{"dhcpcd", testbed.Dhcpcd, false},
+		{"udhcpc-picked", testbed.Udhcpc, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) { dhcpClient(t, tc.client, tc.pick) })
+	}
+}
 
-			// Renew, then release.
-			switch client {
-			case "udhcpc":
-				proc.Signal(syscall.SIGUSR1)
-				waitLog(t, logPath, "renew "+vipA+"/")
-				proc.Signal(syscall.SIGUSR2)
-			case "dhclient":
-				proc.Stop(syscall.SIGTERM, 2*time.Second)
-				// A second run renews the lease it recorded (init-reboot)...
-				if err := a.Command(ctx, "dhclient", "-1", "-sf", script, "-lf", filepath.Join(dir, "leases"),
-					"-pf", filepath.Join(dir, "pid"), testbed.TAPName).Run(); err != nil {
-					t.Fatalf("dhclient renewal: %v", err)
-				}
-				waitLog(t, logPath, "REBOOT "+vipA+"/")
-				// ...and -r releases it.
-				if err := a.Command(ctx, "dhclient", "-r", "-sf", script, "-lf", filepath.Join(dir, "leases"),
-					"-pf", filepath.Join(dir, "pid"), testbed.TAPName).Run(); err != nil {
-					t.Fatalf("dhclient release: %v", err)
-				}
-			}
-			waitFor(t, "the node to count the release", func() bool {
-				st, err := a.Status(ctx)
-				return err == nil && st.TAP.Counters["dhcp_releases"] >= 1
-			})
-			st, err := a.Status(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Logf("%s: node's DHCP counters: discovers %d, offers %d, requests %d, acks %d, naks %d, releases %d",
-				client, st.TAP.Counters["dhcp_discovers"], st.TAP.Counters["dhcp_offers"], st.TAP.Counters["dhcp_requests"],
-				st.TAP.Counters["dhcp_acks"], st.TAP.Counters["dhcp_naks"], st.TAP.Counters["dhcp_releases"])
-			if st.TAP.Counters["dhcp_acks"] < 2 {
-				t.Errorf("acks = %d, want the first lease and the renewal", st.TAP.Counters["dhcp_acks"])
-			}
-		})
+func dhcpClient(t *testing.T, client string, pick bool) {
+	ctx := t.Context()
+	const subnet = "10.128.0.0/16"
+	// The VM configures its interface itself, with DHCP.
+	a, b := startPair(t, ctx, testbed.NATNone, func(c *node.Config) {
+		no := false
+		c.TAP.ConfigureAddress = &no
+		if pick {
+			c.TAP.Address = ""
+			c.Namespace.Subnet = subnet
+		}
+	})
+	st, err := a.WaitLease(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vip := st.Lease.Addr
+	switch {
+	case !pick && vip != vipA:
+		t.Fatalf("the node leased %s, want its tap.address %s", vip, vipA)
+	case pick && (!netip.MustParsePrefix(subnet).Contains(netip.MustParseAddr(vip)) || vip == vipB):
+		t.Fatalf("the node picked %s: outside %s, or b's", vip, subnet)
+	case pick:
+		t.Logf("the node picked %s in %s (%d claims)", vip, subnet, st.Lease.Claims)
+	}
+
+	dir := t.TempDir()
+	logPath := filepath.Join(dir, "client.log")
+	script := filepath.Join(dir, "script")
+	if err := testbed.WriteDHCPScript(client, script, logPath); err != nil {
+		t.Fatal(err)
+	}
+	var args []string
+	switch client {
+	case testbed.Udhcpc:
+		// In the foreground, so that signals renew (USR1) and
+		// release (USR2) the lease.
+		args = []string{"udhcpc", "-f", "-i", testbed.TAPName, "-s", script, "-t", "5", "-T", "1", "-A", "1",
+			"-p", filepath.Join(dir, "pid")}
+	case testbed.Dhclient:
+		args = []string{"dhclient", "-1", "-d", "-sf", script, "-lf", filepath.Join(dir, "leases"),
+			"-pf", filepath.Join(dir, "pid"), testbed.TAPName}
+	case testbed.Dhcpcd:
+		// In the foreground (-B), IPv4 only, no IPv4LL fallback; with
+		// its default ARP probe of the offered address, which the
+		// gateway must leave unanswered.
+		args = testbed.PrivateDhcpcd("-B", "-4", "-L", "-f", "/dev/null", "-c", script,
+			"-j", filepath.Join(dir, "dhcpcd.log"), "-o", "interface_mtu", "-t", "30", testbed.TAPName)
+	}
+	proc, err := a.Start(args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer proc.Stop(syscall.SIGKILL, time.Second)
+	defer func() {
+		if t.Failed() {
+			log, _ := os.ReadFile(logPath)
+			own, _ := os.ReadFile(filepath.Join(dir, "dhcpcd.log"))
+			t.Logf("%s output:\n%s\nscript log:\n%s\n%s", client, proc.Output(), log, own)
+		}
+	}()
+	start := time.Now()
+	// The scripts log the mask as their clients give it (/16 or
+	// /255.255.0.0); the interface must end up with /16.
+	waitLog(t, logPath, " "+vip+"/")
+	t.Logf("%s bound %s %v after it started", client, vip, time.Since(start).Round(time.Millisecond))
+	addrs, err := a.IfaceAddrs(ctx, testbed.TAPName)
+	if want := netip.MustParsePrefix(vip + "/16"); err != nil || len(addrs) != 1 || addrs[0] != want {
+		t.Fatalf("%s on %s: %v %v; want %v", client, testbed.TAPName, addrs, err, want)
+	}
+	mtu, err := a.Output(ctx, "cat", "/sys/class/net/"+testbed.TAPName+"/mtu")
+	if err != nil || strings.TrimSpace(string(mtu)) != fmt.Sprint(node.TAPMTU(node.DefaultUnderlayMTU)) {
+		t.Errorf("MTU after DHCP: %q %v, want %d", mtu, err, node.TAPMTU(node.DefaultUnderlayMTU))
+	}
+	if err := a.WaitReachable(ctx, vipB); err != nil {
+		t.Fatalf("with its DHCP address, a cannot reach b: %v", err)
+	}
+	if err := b.WaitReachable(ctx, vip); err != nil {
+		t.Fatalf("b cannot reach a at its DHCP address: %v", err)
+	}
+	// The client holds what the node's status says it leased, and the
+	// node never offered anything else.
+	if st, err = a.Status(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st.Lease.Addr != vip || st.VirtualIP != vip {
+		t.Errorf("status: lease.addr %q, virtual_ip %q; the client has %s", st.Lease.Addr, st.VirtualIP, vip)
+	}
+	for _, o := range st.Lease.Offers {
+		if o.Addr != vip {
+			t.Errorf("the node offered %s (%v to %v), not its lease %s", o.Addr, o.First, o.Last, vip)
+		}
+	}
+
+	// Renew, then release.
+	switch client {
+	case testbed.Udhcpc:
+		proc.Signal(syscall.SIGUSR1)
+		waitLog(t, logPath, "renew "+vip+"/")
+		proc.Signal(syscall.SIGUSR2)
+	case testbed.Dhclient:
+		proc.Stop(syscall.SIGTERM, 2*time.Second)
+		// A second run renews the lease it recorded (init-reboot)...
+		if err := a.Command(ctx, "dhclient", "-1", "-sf", script, "-lf", filepath.Join(dir, "leases"),
+			"-pf", filepath.Join(dir, "pid"), testbed.TAPName).Run(); err != nil {
+			t.Fatalf("dhclient renewal: %v", err)
+		}
+		waitLog(t, logPath, "REBOOT "+vip+"/")
+		// ...and -r releases it.
+		if err := a.Command(ctx, "dhclient", "-r", "-sf", script, "-lf", filepath.Join(dir, "leases"),
+			"-pf", filepath.Join(dir, "pid"), testbed.TAPName).Run(); err != nil {
+			t.Fatalf("dhclient release: %v", err)
+		}
+	case testbed.Dhcpcd:
+		// The control commands reach the daemon through its socket in
+		// its private /run/dhcpcd: -N renews, -k releases (and, the
+		// interface being its only one, makes it exit).
+		if out, err := a.Command(ctx, testbed.DhcpcdControl(proc.Pid(), "-4", "-N", testbed.TAPName)...).CombinedOutput(); err != nil {
+			t.Fatalf("dhcpcd -N: %v: %s", err, out)
+		}
+		waitLog(t, logPath, "RENEW "+vip+"/")
+		if out, err := a.Command(ctx, testbed.DhcpcdControl(proc.Pid(), "-4", "-k", testbed.TAPName)...).CombinedOutput(); err != nil {
+			t.Fatalf("dhcpcd -k: %v: %s", err, out)
+		}
+		// dhcpcd sends the RELEASE, removes the address, then runs the
+		// script with STOP.
+		waitLog(t, logPath, "STOP")
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := proc.Wait(wctx)
+		cancel()
+		if err != nil {
+			t.Errorf("dhcpcd after -k: %v", err)
+		}
+		if addrs, err := a.IfaceAddrs(ctx, testbed.TAPName); err != nil || len(addrs) != 0 {
+			t.Errorf("after the release, %s has %v %v; want no address", testbed.TAPName, addrs, err)
+		}
+	}
+	waitFor(t, "the node to count the release", func() bool {
+		st, err := a.Status(ctx)
+		return err == nil && st.TAP.Counters["dhcp_releases"] >= 1
+	})
+	if st, err = a.Status(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s: node's DHCP counters: discovers %d, offers %d, requests %d, acks %d, naks %d, releases %d",
+		client, st.TAP.Counters["dhcp_discovers"], st.TAP.Counters["dhcp_offers"], st.TAP.Counters["dhcp_requests"],
+		st.TAP.Counters["dhcp_acks"], st.TAP.Counters["dhcp_naks"], st.TAP.Counters["dhcp_releases"])
+	if st.TAP.Counters["dhcp_acks"] < 2 {
+		t.Errorf("acks = %d, want the first lease and the renewal", st.TAP.Counters["dhcp_acks"])
+	}
+	// A VM's release leaves the node's lease alone: the address is the
+	// VM's for as long as its node runs.
+	if st.Lease.Addr != vip {
+		t.Errorf("after the release, the node's lease is %q, want %s", st.Lease.Addr, vip)
 	}
 }
 

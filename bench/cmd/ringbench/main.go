@@ -86,6 +86,8 @@ func main() {
 		err = idle(ctx, opts, base, 32, 60*time.Second, 60*time.Second)
 	case "churn":
 		err = churn(ctx, opts, base, 32, *churnFor)
+	case "dhcp":
+		err = dhcpBench(ctx, opts, base, 20, 32)
 	default:
 		fmt.Fprintf(os.Stderr, "ringbench: no benchmark %q\n", name)
 		flag.Usage()
