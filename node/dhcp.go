@@ -2,9 +2,16 @@ package node
 
 import (
 	"net/netip"
+	"time"
 
 	"github.com/ringnet/ringnet/dhcp"
 )
+
+// maxVMLease caps the lease time the VM's DHCP client is given, below the
+// namespace's: should the node ever lose its address to another claim,
+// the VM's next renewal, at most half of this away, is NAKed and it takes
+// the new one. Renewals never leave the TAP, so they cost nothing.
+const maxVMLease = 10 * time.Minute
 
 // newDHCP makes the server that answers the VM's DHCP client on the TAP:
 // it hands out the node's virtual address, the MTU that fits the overlay,
@@ -17,7 +24,7 @@ func (n *Node) newDHCP() (*dhcp.Server, error) {
 		ServerIP:  GatewayAddr(n.subnet),
 		Subnet:    n.subnet,
 		MTU:       n.mtu,
-		LeaseTime: n.leaseTime(),
+		LeaseTime: min(n.leaseTime(), maxVMLease),
 		// The VM gets the node's lease once it is won; until then its
 		// client hears nothing and tries again.
 		Lease: func(dhcp.ClientID) (netip.Addr, bool) {
