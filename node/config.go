@@ -305,8 +305,9 @@ func (c *Config) Validate() error {
 	if d, err := time.ParseDuration(c.Namespace.Settle); err != nil || d < 0 || d > time.Minute {
 		return fieldErr("namespace.settle", "%q is not a duration from 0s to 1m", c.Namespace.Settle)
 	}
-	if d, err := time.ParseDuration(c.TAP.LeaseTime); err != nil || d < 10*time.Second || d > 365*24*time.Hour {
-		return fieldErr("tap.lease_time", "%q is not a duration from 10s to 8760h", c.TAP.LeaseTime)
+	// A lease record lives at most a day (dhcp.DefaultMaxLease).
+	if d, err := time.ParseDuration(c.TAP.LeaseTime); err != nil || d < 10*time.Second || d > 24*time.Hour {
+		return fieldErr("tap.lease_time", "%q is not a duration from 10s to 24h", c.TAP.LeaseTime)
 	}
 	if c.TAP.UnderlayMTU < 576 || c.TAP.UnderlayMTU > 65535 {
 		return fieldErr("tap.underlay_mtu", "%d is outside 576..65535", c.TAP.UnderlayMTU)
@@ -478,8 +479,8 @@ func (c *Config) VirtualPrefix() (netip.Prefix, error) {
 	if !p.Addr().Is4() {
 		return netip.Prefix{}, fieldErr("tap.address", "%q is not IPv4 (IPv6 is not carried yet)", c.TAP.Address)
 	}
-	if p.Bits() < 8 || p.Bits() > 30 {
-		return netip.Prefix{}, fieldErr("tap.address", "prefix length /%d is outside /8../30", p.Bits())
+	if p.Bits() < 8 || p.Bits() > 29 {
+		return netip.Prefix{}, fieldErr("tap.address", "prefix length /%d is outside /8../29", p.Bits())
 	}
 	if p.Addr() == p.Masked().Addr() {
 		return netip.Prefix{}, fieldErr("tap.address", "%v is the subnet's network address", p.Addr())

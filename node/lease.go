@@ -67,7 +67,7 @@ func (s *leaseState) offered(ip netip.Addr) {
 func (s *leaseState) offerHistory() []OfferStatus {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return slices.Clone(s.offers)
+	return append([]OfferStatus{}, s.offers...) // [] rather than null in JSON
 }
 
 // savedLease is leaseFile's content.

@@ -102,11 +102,15 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger, opts ...Option) (*N
 	}
 	if !t.nsOpen {
 		// A member learns the namespace's subnet from its certificate.
+		field := "namespace.subnet"
+		if cfg.Namespace.Subnet == "" {
+			field = "tap.address"
+		}
 		switch {
 		case !subnet.IsValid():
 			subnet = t.nsCert.Subnet
 		case subnet != t.nsCert.Subnet:
-			return nil, fieldErr("namespace.subnet", "%v is not the namespace's subnet %v (from its certificate)", subnet, t.nsCert.Subnet)
+			return nil, fieldErr(field, "%v is not in the namespace's subnet %v (from its certificate)", subnet, t.nsCert.Subnet)
 		}
 	}
 	n := &Node{

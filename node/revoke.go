@@ -29,6 +29,11 @@ import (
 // signed by that key, so that any replica can check it.
 const revokePoll = 20 * time.Second
 
+// revokeRepublish is how often a node that knows revocations puts them in
+// the DHT again: replicas forget records after 48 hours, and the owner's
+// file may be long gone from the node that first published it.
+const revokeRepublish = 6 * time.Hour
+
 // revocationKey is the DHT key of an owner's revocations.
 func revocationKey(scope cert.Scope, name string, root crypto.PubKey) (string, error) {
 	id, err := namespaceID(name, root)
@@ -127,7 +132,8 @@ type revocationSource struct {
 	key   string
 	file  string // revocations to publish; "" for none
 	root  crypto.PubKey
-	last  []byte // the file as last read
+	last  []byte    // the file as last read
+	put   time.Time // when this node last published
 }
 
 // followRevocations keeps the node's revocation lists current until ctx
@@ -208,7 +214,11 @@ func (n *Node) pollRevocations(ctx context.Context, s *revocationSource) {
 		// The DHT lacks some we know: publish the union.
 		fresh = fresh || len(rs) < s.list.Len()
 	}
+	if s.list.Len() > 0 && time.Since(s.put) > revokeRepublish {
+		fresh = true
+	}
 	if fresh {
+		s.put = time.Now()
 		v, err := encodeRevocationRecord(s.root, s.list.Revocations())
 		if err == nil {
 			err = d.Put(ctx, s.key, v)

@@ -138,34 +138,38 @@ func TestBadConfigRefused(t *testing.T) {
 	dir := t.TempDir()
 	tests := []struct {
 		field, config string
+		closed        bool // leave the ring and namespace closed
 	}{
+		{"ring.root", `[tap]
+address = "10.128.0.1/16"
+`, true},
 		{"tap.address", `[tap]
 address = "banana"
-`},
+`, false},
 		{"log_level", `log_level = "loud"
 [tap]
 address = "10.128.0.1/16"
-`},
+`, false},
 		{"tap.underlay_mtu", `[tap]
 address = "10.128.0.1/16"
 underlay_mtu = 100
-`},
+`, false},
 		{"listen.data", `[tap]
 address = "10.128.0.1/16"
 [listen]
 data = "nowhere"
-`},
+`, false},
 		{"peer[0].id", `[tap]
 address = "10.128.0.1/16"
 [[peer]]
 id = "not-a-peer-id"
 addrs = ["/ip4/100.96.1.10/tcp/4150"]
-`},
+`, false},
 		// A syntax error names no field, but its line (the parser's: the
 		// newline that ends the broken table header starts line 3).
 		{"config line 3", `[tap
 address = "10.128.0.1/16"
-`},
+`, true},
 	}
 	// A bad config must be refused before the node touches any device;
 	// run it in a namespace of its own anyway.
@@ -181,7 +185,11 @@ address = "10.128.0.1/16"
 	for _, tt := range tests {
 		t.Run(tt.field, func(t *testing.T) {
 			path := filepath.Join(dir, strings.NewReplacer("[", "_", "]", "_").Replace(tt.field)+".toml")
-			config := "state_dir = " + strconv.Quote(filepath.Join(dir, "state")) + "\n" + tt.config
+			config := "state_dir = " + strconv.Quote(filepath.Join(dir, "state")) + "\n"
+			if !tt.closed {
+				config += "ring = { open = true }\nnamespace = { open = true }\n"
+			}
+			config += tt.config
 			if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
 				t.Fatal(err)
 			}

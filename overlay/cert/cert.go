@@ -133,16 +133,21 @@ func CheckName(name string) error {
 		return fmt.Errorf("name %q: want 1 to %d characters", name, MaxName)
 	}
 	for _, c := range []byte(name) {
-		ok := 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-'
+		// The same characters as a node's config and the DHT's keys take.
+		ok := 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '.' || c == '-'
 		if !ok {
-			return fmt.Errorf("name %q: only letters, digits, '.', '_' and '-'", name)
+			return fmt.Errorf("name %q: only a-z, 0-9, '.' and '-'", name)
 		}
 	}
 	return nil
 }
 
-// MaxLeaseTime is the longest lease time the encoding carries.
-const MaxLeaseTime = (1<<32 - 1) * time.Second
+// Lease times a namespace may have: what a node can renew and a lease
+// record can hold.
+const (
+	MinLeaseTime = 10 * time.Second
+	MaxLeaseTime = 24 * time.Hour
+)
 
 // CheckNamespace reports whether a namespace's settings are valid: subnet
 // a prefix without host bits, lease time a whole number of seconds from
@@ -151,8 +156,13 @@ func CheckNamespace(subnet netip.Prefix, lease time.Duration) error {
 	if !subnet.IsValid() || subnet != subnet.Masked() {
 		return fmt.Errorf("subnet %v: want a prefix without host bits", subnet)
 	}
-	if lease < time.Second || lease > MaxLeaseTime || lease%time.Second != 0 {
-		return fmt.Errorf("lease time %v: want whole seconds from 1s to %v", lease, MaxLeaseTime)
+	// What a node can serve: IPv4 only for now, room for the gateway
+	// and hosts, and leases the DHT's records can hold.
+	if !subnet.Addr().Is4() || subnet.Bits() < 8 || subnet.Bits() > 29 {
+		return fmt.Errorf("subnet %v: want an IPv4 prefix from /8 to /29", subnet)
+	}
+	if lease < MinLeaseTime || lease > MaxLeaseTime || lease%time.Second != 0 {
+		return fmt.Errorf("lease time %v: want whole seconds from %v to %v", lease, MinLeaseTime, MaxLeaseTime)
 	}
 	return nil
 }

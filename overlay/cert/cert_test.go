@@ -65,12 +65,21 @@ func TestCertRoundTrip(t *testing.T) {
 	owner, node := newKey(t), newKey(t)
 	ring := nsCert(Delegate, node)
 	ring.Scope, ring.Subnet, ring.LeaseTime = Ring, netip.Prefix{}, 0
-	v6 := nsCert(Member, node)
-	v6.Subnet = netip.MustParsePrefix("fd00:1::/48")
+	// Namespaces a node cannot serve are refused when issued.
+	for _, bad := range []struct {
+		subnet string
+		lease  time.Duration
+	}{{"fd00:1::/48", time.Hour}, {"10.0.0.0/30", time.Hour}, {"10.0.0.0/7", time.Hour},
+		{"10.0.0.0/16", time.Second}, {"10.0.0.0/16", 48 * time.Hour}} {
+		c := nsCert(Member, node)
+		c.Subnet, c.LeaseTime = netip.MustParsePrefix(bad.subnet), bad.lease
+		if _, err := Issue(owner, c); err == nil {
+			t.Errorf("issued a namespace of %s with lease %v", bad.subnet, bad.lease)
+		}
+	}
 	for name, c := range map[string]Cert{
 		"namespace member": nsCert(Member, node),
 		"ring delegate":    ring,
-		"IPv6 subnet":      v6,
 	} {
 		t.Run(name, func(t *testing.T) {
 			c = mustIssue(t, owner, c)

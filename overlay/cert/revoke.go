@@ -143,7 +143,8 @@ func ParseRevocation(b []byte) (Revocation, error) {
 }
 
 // RevocationKey is the DHT key of the revocations of a ring or namespace:
-// "/revoke/<scope>/<name>", e.g. "/revoke/namespace/lab".
+// "/revoke/<scope>/<name>". Nodes pass the name with the owner key's hash
+// (node/revoke.go), e.g. "/revoke/namespace/lab.1f2e3d4c5b6a7980".
 func RevocationKey(scope Scope, name string) string {
 	return "/revoke/" + scope.String() + "/" + name
 }
