@@ -456,7 +456,19 @@ func better(a, b Lease) bool {
 	if a.Holder == b.Holder {
 		return a.Expires.After(b.Expires)
 	}
+	// A claim that was won carries a full lease; one that lost left only
+	// its provisional record, on a minority of replicas.
+	if a.Provisional() != b.Provisional() {
+		return !a.Provisional()
+	}
 	return Wins(a, b)
+}
+
+// Provisional reports whether l is as short as a claim's provisional
+// record: a claim still being decided, or one that lost. (In a namespace
+// whose lease time is that short, every record is.)
+func (l Lease) Provisional() bool {
+	return l.Expires.Sub(l.Issued) <= provisionalLease
 }
 
 // Admit decides whether a node that stores lease records takes incoming

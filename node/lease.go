@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/routing"
 
 	"github.com/ringnet/ringnet/dhcp"
 	"github.com/ringnet/ringnet/overlay"
@@ -97,15 +98,25 @@ func (n *Node) admit(key string, existing, incoming []byte) error {
 }
 
 // resolve finds the holder of ip in the lease records
-// (overlay.Config.Resolve): the holder whose valid record most of the
-// replicas hold, as a claim is won. A claim that lost leaves its short
-// provisional record on a few replicas for a while; a lookup that took
-// the best record by the conflict rule alone could name that loser.
+// (overlay.Config.Resolve). The best record of the first few replicas to
+// answer names the holder when it is a full lease: only a won claim puts
+// one. A provisional record may be a claim still being decided, or one
+// that lost and lingers on a few replicas: then the holder is the one
+// whose record most of the replicas hold, as a claim is won.
 func (n *Node) resolve(ctx context.Context, d *overlay.DHT, ip netip.Addr) (peer.ID, error) {
 	if d == nil {
 		return "", errors.New("no DHT")
 	}
 	key := dhcp.LeaseKey(n.trust.nsID, ip)
+	v, err := d.Get(ctx, key)
+	if errors.Is(err, routing.ErrNotFound) {
+		return "", overlay.ErrNotHeld
+	}
+	if err == nil && n.validator.Validate(key, v) == nil {
+		if l, err := dhcp.ParseLease(v); err == nil && !l.Provisional() {
+			return l.Holder, nil
+		}
+	}
 	values, _, err := d.Replicas(ctx, key)
 	if err != nil {
 		return "", err

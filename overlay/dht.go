@@ -38,8 +38,10 @@ const (
 	dhtPrefix = "/ringnet"
 	// getQuorum is how many records a Get waits for before it picks.
 	getQuorum = 3
-	// replicaTimeout bounds one replica's answer in a Replicas read.
-	replicaTimeout = 3 * time.Second
+	// closestTimeout bounds the lookup of a Replicas read, and
+	// replicaTimeout one replica's answer.
+	closestTimeout = 2 * time.Second
+	replicaTimeout = 2 * time.Second
 )
 
 // ErrRefused wraps what a DHT replica's Admit hook refused.
@@ -134,7 +136,11 @@ func (d *DHT) Get(ctx context.Context, key string) ([]byte, error) {
 // store otherwise would let two claimants each see a majority. A node
 // that does not answer counts as asked: a claim needs a majority of all.
 func (d *DHT) Replicas(ctx context.Context, key string) (values [][]byte, asked int, err error) {
-	closest, err := d.kad.GetClosestPeers(ctx, key)
+	// A lookup that meets dead nodes can wait long on their dials: take
+	// the closest it found by closestTimeout.
+	lctx, cancel := context.WithTimeout(ctx, closestTimeout)
+	closest, err := d.kad.GetClosestPeers(lctx, key)
+	cancel()
 	if err != nil && ctx.Err() != nil {
 		return nil, 0, fmt.Errorf("dht closest peers of %q: %w", key, err)
 	}

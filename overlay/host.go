@@ -48,6 +48,9 @@ func newHost(key crypto.PrivKey, listen []string, g *gater) (host.Host, error) {
 		}),
 		libp2p.ConnectionGater(g),
 		libp2p.SwarmOpts(swarm.WithDialRanker(tcpFirst)),
+		// A node that died leaves its QUIC port silent: DHT lookups that
+		// meet it must not wait the default 15 s.
+		libp2p.WithDialTimeout(5*time.Second),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("libp2p host: %w", err)

@@ -238,11 +238,12 @@ func (p *Peer) tick(ctx context.Context) {
 	// pull a peer off its session over the ring. A link session the peer
 	// started is used all the same.
 	mayLink := p.o.ring == nil || static || p.ringLink.Load()
-	if ring && !static && !mayLink && linkSession && p.silentWhileSending(now) {
+	if ring && !static && !mayLink && linkSession && (p.silentWhileSending(now) || p.unconfirmedLink(now)) {
 		// A link session the peer started, on a connection it no longer
-		// keeps, and the peer has stopped answering it: it lost the
-		// session. We may not handshake on the connection; drop the
-		// session, so that the ring carries the packets under a new one.
+		// keeps, and the peer has stopped answering it, or never
+		// confirmed it: it lost the session. We may not handshake on the
+		// connection; drop the session, so that the ring carries the
+		// packets under a new one.
 		p.o.log.Debug("link session silent; falling back to the ring", "peer", p.id)
 		p.dropLinkSessions()
 		linkSession = false
@@ -347,6 +348,15 @@ func (p *Peer) silentLocked(now time.Time) bool {
 	sending := now.Sub(p.lastTxChange) < quietAfter
 	return sending && now.Sub(p.lastHeard) > ringSilence &&
 		p.current != nil && now.Sub(p.current.created) > ringSilence
+}
+
+// unconfirmedLink reports whether the current session is a link session
+// we answered and the initiator never confirmed.
+func (p *Peer) unconfirmedLink(now time.Time) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s := p.current
+	return s != nil && !s.viaRing && !s.sendReady.Load() && now.Sub(s.created) > ringHandshakeTimeout
 }
 
 // unconfirmedRing reports whether the current session is one over the
