@@ -167,6 +167,7 @@ func (n *Node) Status() Status {
 		Drops: n.ov.Drops(),
 		Peers: []PeerStatus{},
 	}
+	st.Lease.Counters["dht_invalid"] = n.lease.invalid.Load()
 	if l, ok := n.Lease(); ok {
 		st.VirtualIP = l.IP.String()
 		st.Lease.Addr = l.IP.String()

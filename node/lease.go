@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	record "github.com/libp2p/go-libp2p-record"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/routing"
 
@@ -43,8 +44,9 @@ type leaseState struct {
 	// went to two VMs.
 	offers []OfferStatus
 
-	claims atomic.Uint64
-	lost   atomic.Uint64
+	claims  atomic.Uint64
+	lost    atomic.Uint64
+	invalid atomic.Uint64 // DHT records refused (countingValidator)
 }
 
 // maxOffers bounds the offer history.
@@ -87,6 +89,21 @@ func (n *Node) Lease() (l dhcp.Lease, ok bool) {
 // leaseValidator is the DHT's check of lease records.
 func (n *Node) leaseValidator() *dhcp.LeaseValidator {
 	return &dhcp.LeaseValidator{Subnets: map[string]netip.Prefix{n.trust.nsID: n.subnet}, Member: n.trust.member}
+}
+
+// countingValidator counts the records the DHT refuses: malformed,
+// unsigned, expired, or without a valid membership proof.
+type countingValidator struct {
+	record.Validator
+	refused *atomic.Uint64
+}
+
+func (v countingValidator) Validate(key string, value []byte) error {
+	err := v.Validator.Validate(key, value)
+	if err != nil {
+		v.refused.Add(1)
+	}
+	return err
 }
 
 // admit is the DHT's replica rule (overlay.DHTConfig.Admit).

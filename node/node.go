@@ -181,16 +181,22 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger, opts ...Option) (*N
 		ControlAddrs:   cfg.Listen.Control,
 		DataAddr:       dataAddr,
 		VirtualSubnets: []netip.Prefix{subnet},
-		DHT:            &overlay.DHTConfig{Validator: record.NamespacedValidator{"lease": n.validator, "revoke": revocationValidator{}}, Admit: n.admit},
-		Admission:      t.admission(),
-		Resolve:        n.resolve,
-		Ring:           true,
-		Bootstrap:      boot,
-		PeersFile:      filepath.Join(cfg.StateDir, "peers.json"),
-		Shortcuts:      shortcuts,
-		NewReceiver:    n.newReceiver,
-		AddrsLearned:   n.announce,
-		Logger:         log,
+		DHT: &overlay.DHTConfig{
+			Validator: record.NamespacedValidator{
+				"lease":  countingValidator{n.validator, &n.lease.invalid},
+				"revoke": countingValidator{revocationValidator{}, &n.lease.invalid},
+			},
+			Admit: n.admit,
+		},
+		Admission:    t.admission(),
+		Resolve:      n.resolve,
+		Ring:         true,
+		Bootstrap:    boot,
+		PeersFile:    filepath.Join(cfg.StateDir, "peers.json"),
+		Shortcuts:    shortcuts,
+		NewReceiver:  n.newReceiver,
+		AddrsLearned: n.announce,
+		Logger:       log,
 	})
 	if err != nil {
 		return nil, err

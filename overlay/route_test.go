@@ -1,9 +1,11 @@
 package overlay
 
 import (
+	"context"
 	"net/netip"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
@@ -37,14 +39,14 @@ func (r *staticRouter) via(dst, hop peer.ID) {
 
 // chain builds a -- b -- c: links a-b and b-c, and routers that send a's
 // packets for c through b and back.
-func chain(t *testing.T) (a, b, c *testNode) {
+func chain(t *testing.T, opts ...func(*Config)) (a, b, c *testNode) {
 	t.Helper()
 	routers := make([]*staticRouter, 3)
 	nodes := make([]*testNode, 3)
 	for i, vip := range []string{"10.128.0.1", "10.128.0.2", "10.128.0.3"} {
 		routers[i] = &staticRouter{next: make(map[routing.Addr]peer.ID)}
 		r := routers[i]
-		nodes[i] = newTestNode(t, vip, 0, func(c *Config) { c.Router = r })
+		nodes[i] = newTestNode(t, vip, 0, append([]func(*Config){func(c *Config) { c.Router = r }}, opts...)...)
 		r.self = routing.AddrFromPeer(nodes[i].ID())
 	}
 	a, b, c = nodes[0], nodes[1], nodes[2]
@@ -198,5 +200,69 @@ func TestRelayCannotUnwrapRingDatagrams(t *testing.T) {
 	case got := <-c.got:
 		t.Fatalf("c delivered an unwrapped ring datagram: %x", got)
 	default:
+	}
+}
+
+// TestOtherNamespaceForwardsButCannotDeliver puts b, the middle of a
+// chain, outside the namespace a and c share (the lease records bind
+// a's and c's addresses, none of b's): b forwards their sealed packets
+// but delivers none to its VM, and packets b sends to c, from its own
+// address or from a's, are dropped.
+func TestOtherNamespaceForwardsButCannotDeliver(t *testing.T) {
+	var ids sync.Map // address -> holder, as the lease records say
+	resolve := func(c *Config) {
+		c.VirtualSubnets = []netip.Prefix{netip.MustParsePrefix("10.128.0.0/16")}
+		c.Resolve = func(_ context.Context, _ *DHT, ip netip.Addr) (peer.ID, error) {
+			if id, ok := ids.Load(ip); ok {
+				return id.(peer.ID), nil
+			}
+			return "", ErrNotHeld
+		}
+	}
+	a, b, c := chain(t, resolve)
+	ids.Store(netip.MustParseAddr("10.128.0.1"), a.ID())
+	ids.Store(netip.MustParseAddr("10.128.0.3"), c.ID())
+	if err := a.AddRingPeer(c.ID()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a ring session a to c", func() bool { return peerStatus(a, c.ID()).Path == PathRing })
+	waitFor(t, "a to find c's address", func() bool { return a.Holds(netip.MustParseAddr("10.128.0.3")) })
+	for i := range 10 {
+		pkt := ipv4("10.128.0.1", "10.128.0.3", string(rune('a'+i)))
+		sendPacket(t, a, pkt)
+		expectPacket(t, c, pkt)
+	}
+	if b.forwarded.Load() < 10 {
+		t.Errorf("b forwarded %d datagrams, want the 10 packets", b.forwarded.Load())
+	}
+	select {
+	case got := <-b.got:
+		t.Fatalf("b delivered a packet of another namespace: %x", got)
+	default:
+	}
+
+	// b, a ring member, opens a session with c and sends from its own
+	// address and from a's: no lease binds either to b.
+	if err := b.AddRingPeer(c.ID()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a session b to c", func() bool { return peerStatus(b, c.ID()).Path != PathNone })
+	before := c.Drops()["spoofed_source"]
+	for _, src := range []string{"10.128.0.2", "10.128.0.1"} {
+		pkt := ipv4(src, "10.128.0.3", "from b")
+		buf := make([]byte, HeaderLen+len(pkt)+TagLen)
+		copy(buf[HeaderLen:], pkt)
+		b.mu.RLock()
+		p := b.peers[c.ID()]
+		b.mu.RUnlock()
+		if err := p.send(typeData, buf, len(pkt)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "c to drop b's packets", func() bool { return c.Drops()["spoofed_source"] >= before+2 })
+	select {
+	case got := <-c.got:
+		t.Fatalf("c delivered a packet from outside its namespace: %x", got)
+	case <-time.After(500 * time.Millisecond):
 	}
 }
