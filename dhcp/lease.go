@@ -490,6 +490,11 @@ func (v *LeaseValidator) Admit(existing, incoming []byte) error {
 	if err := v.check(key, in); err != nil {
 		return fmt.Errorf("%s: %w", key, err)
 	}
+	// A claim is stored when it is made: one issued long before by our
+	// clock comes from a claimant whose clock lags, or is replayed.
+	if behind := v.now().Sub(in.Issued); behind > v.skew() {
+		return fmt.Errorf("%s: %w: issued %v before our clock, more than %v", key, ErrStale, behind.Round(time.Second), v.skew())
+	}
 	if len(existing) == 0 {
 		return nil
 	}

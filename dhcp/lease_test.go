@@ -496,6 +496,10 @@ func TestLeaseValidatorAdmit(t *testing.T) {
 		{"the same record", in, in, nil},
 		{"provisional after a longer lease", signed(t, lose, ip, now.Add(-time.Minute), now.Add(2*time.Hour)), in, ErrStale},
 		{"incoming expired", nil, signed(t, lose, ip, now.Add(-time.Hour), now), ErrExpired},
+		// The claimant's clock lags ours by a minute: its claim is stale
+		// when it arrives, though it has not expired.
+		{"incoming issued a minute ago", nil, signed(t, lose, ip, now.Add(-time.Minute), now.Add(time.Hour)), ErrStale},
+		{"incoming issued within the skew", nil, signed(t, lose, ip, now.Add(-3*time.Second), now.Add(time.Hour)), nil},
 		{"incoming garbage", nil, []byte("x"), ErrMalformed},
 		{"incoming outside the subnet", nil, signed(t, lose, "10.0.1.5", now, now.Add(time.Hour)), errAny},
 	} {
