@@ -13,13 +13,11 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
-	"github.com/libp2p/go-libp2p/p2p/muxer/yamux"
 	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
 	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 	noise "github.com/libp2p/go-libp2p/p2p/security/noise"
 	quic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
-	goyamux "github.com/libp2p/go-yamux/v5"
 	ma "github.com/multiformats/go-multiaddr"
 	manet "github.com/multiformats/go-multiaddr/net"
 )
@@ -41,7 +39,6 @@ func newHost(key crypto.PrivKey, listen []string, g *gater) (host.Host, error) {
 		libp2p.Transport(tcp.NewTCPTransport),
 		libp2p.Transport(quic.NewTransport),
 		libp2p.Security(noise.ID, noise.New),
-		libp2p.Muxer(yamux.ID, quietYamux()),
 		libp2p.ConnectionManager(cm),
 		libp2p.DisableRelay(),
 		libp2p.DisableMetrics(),
@@ -59,19 +56,6 @@ func newHost(key crypto.PrivKey, listen []string, g *gater) (host.Host, error) {
 		return nil, fmt.Errorf("libp2p host: %w", err)
 	}
 	return h, nil
-}
-
-// quietYamux is libp2p's yamux with its keepalive and its round-trip
-// measurement (a ping each) every 5 minutes rather than every 30 s. The
-// ring pings its own links (ringKeepalive), which also keeps their NAT
-// mappings, and the DHT's lookups leave connections to nodes all over the
-// ring: pinging each of those twice a minute cost an idle node kilobytes a
-// second.
-func quietYamux() *yamux.Transport {
-	cfg := *(*goyamux.Config)(yamux.DefaultTransport)
-	cfg.KeepAliveInterval = 5 * time.Minute
-	cfg.MeasureRTTInterval = 5 * time.Minute
-	return (*yamux.Transport)(&cfg)
 }
 
 // tcpFirst dials TCP addresses at once and QUIC ones only if TCP has not
