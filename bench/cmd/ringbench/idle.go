@@ -93,6 +93,11 @@ func idle(ctx context.Context, opts testbed.Options, base node.Config, n int, se
 	fmt.Printf("  RSS MiB:            median %.1f, max %.1f\n", median(rss), slices.Max(rss))
 	fmt.Printf("  CPU %% of a core:    median %.3f, max %.3f\n", median(cpu), slices.Max(cpu))
 	fmt.Printf("  uplink bytes/s:     median %.0f, max %.0f\n", median(traffic), slices.Max(traffic))
+	fmt.Printf("  per node (B/s):    ")
+	for i, vm := range vms {
+		fmt.Printf(" %s=%.0f", vm.Name(), traffic[i])
+	}
+	fmt.Println()
 	fmt.Printf("idle: rss_mib=%.1f cpu_pct=%.3f control_bytes_per_s=%.0f\n", median(rss), median(cpu), median(traffic))
 	return nil
 }
