@@ -183,14 +183,20 @@ func (o *Overlay) resolveAddr(ip netip.Addr) {
 		r.unheld[ip] = time.Now().Add(unheldFor)
 	}
 	r.mu.Unlock()
-	// Whoever else named ip in its hello does not hold it.
+	// Packets from ip that other peers sent are not theirs to send; on a
+	// failed lookup nobody's are known to be (dropHeld takes o's peers'
+	// own locks, so it runs after o.mu is released).
+	var others []*Peer
 	o.mu.RLock()
 	for _, q := range o.peers {
 		if q.id != holder || err != nil {
-			defer q.dropHeld(ip)
+			others = append(others, q)
 		}
 	}
 	o.mu.RUnlock()
+	for _, q := range others {
+		q.dropHeld(ip)
+	}
 	switch {
 	case errors.Is(err, ErrNotHeld):
 		r.notHeld.Add(1)

@@ -206,34 +206,18 @@ func id(args []string, stdout io.Writer) error {
 }
 
 func status(args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("status", flag.ContinueOnError)
-	var sf stateFlags
-	sf.register(fs)
-	asJSON := fs.Bool("json", false, "print JSON")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	dir, err := sf.dir()
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	st, err := node.FetchStatus(ctx, dir)
-	if err != nil {
-		return err
-	}
-	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(st)
-	}
-	printStatus(stdout, st)
-	return nil
+	return query(args, stdout, "status", node.FetchStatus, printStatus)
 }
 
 func leases(args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("leases", flag.ContinueOnError)
+	return query(args, stdout, "leases", node.FetchLeases, printLeases)
+}
+
+// query runs a command that asks the running node for something over its
+// control socket and prints it, as a table or (--json) as JSON.
+func query[T any](args []string, stdout io.Writer, name string,
+	fetch func(context.Context, string) (T, error), print func(io.Writer, T)) error {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	var sf stateFlags
 	sf.register(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
@@ -246,16 +230,21 @@ func leases(args []string, stdout io.Writer) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	ls, err := node.FetchLeases(ctx, dir)
+	v, err := fetch(ctx, dir)
 	if err != nil {
 		return err
 	}
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		return enc.Encode(ls)
+		return enc.Encode(v)
 	}
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	print(stdout, v)
+	return nil
+}
+
+func printLeases(w io.Writer, ls []node.LeaseInfo) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ADDRESS\tHOLDER\tEXPIRES\tSEEN")
 	for _, l := range ls {
 		exp := l.Expires
@@ -264,7 +253,7 @@ func leases(args []string, stdout io.Writer) error {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", l.Addr, l.Holder, exp, l.Seen)
 	}
-	return tw.Flush()
+	tw.Flush()
 }
 
 func printStatus(w io.Writer, st *node.Status) {
