@@ -36,13 +36,17 @@ const (
 // Hook scripts; @LOG@ is the log's path (dhclient gives its script an
 // environment of its own). Each logs "<event> <addr>/<mask> ..." when it
 // configures an address, and "<event>" when it removes it or for any
-// other event.
+// other event. A renewal that keeps the address leaves the interface
+// alone, as distributions' scripts do: flushing it would flush the
+// neighbour table too, and a release sent right after would then wait on
+// ARP and be dropped by the kernel when the release's own deconfig
+// removes the address.
 var dhcpScripts = map[string]string{
 	Udhcpc: `#!/bin/sh
 case "$1" in
 bound|renew)
-	ip addr flush dev "$interface"
-	ip addr add "$ip/$mask" dev "$interface"
+	ip -4 addr show dev "$interface" | grep -q "inet $ip/" || ip addr flush dev "$interface"
+	ip addr replace "$ip/$mask" dev "$interface"
 	[ -n "$mtu" ] && ip link set dev "$interface" mtu "$mtu"
 	echo "$1 $ip/$mask mtu=$mtu lease=$lease" >> "@LOG@" ;;
 deconfig)
@@ -55,8 +59,8 @@ esac
 	Dhclient: `#!/bin/sh
 case "$reason" in
 BOUND|RENEW|REBIND|REBOOT)
-	ip addr flush dev "$interface"
-	ip addr add "$new_ip_address/$new_subnet_mask" dev "$interface"
+	ip -4 addr show dev "$interface" | grep -q "inet $new_ip_address/" || ip addr flush dev "$interface"
+	ip addr replace "$new_ip_address/$new_subnet_mask" dev "$interface"
 	[ -n "$new_interface_mtu" ] && ip link set dev "$interface" mtu "$new_interface_mtu"
 	echo "$reason $new_ip_address/$new_subnet_mask mtu=$new_interface_mtu lease=$new_dhcp_lease_time" >> "@LOG@" ;;
 RELEASE|EXPIRE|STOP)
