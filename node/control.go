@@ -168,6 +168,12 @@ func (n *Node) Status() Status {
 		Peers: []PeerStatus{},
 	}
 	st.Lease.Counters["dht_invalid"] = n.lease.invalid.Load()
+	if d := n.ov.DHT(); d != nil {
+		st.Lease.DHT = "client"
+		if d.Serving() {
+			st.Lease.DHT = "server"
+		}
+	}
 	if l, ok := n.Lease(); ok {
 		st.VirtualIP = l.IP.String()
 		st.Lease.Addr = l.IP.String()

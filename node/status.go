@@ -33,6 +33,10 @@ type LeaseStatus struct {
 	// Offers lists the addresses the DHCP server handed the VM, oldest
 	// first (at most 16).
 	Offers []OfferStatus `json:"offers"`
+	// DHT is "server" when this node stores records for others and
+	// answers their lookups, "client" when it is behind a NAT and only
+	// asks.
+	DHT string `json:"dht"`
 	// Counters count address lookups and the DHT's refusals.
 	Counters map[string]uint64 `json:"counters"`
 }

@@ -17,17 +17,24 @@ import (
 	kb "github.com/libp2p/go-libp2p-kbucket"
 	record "github.com/libp2p/go-libp2p-record"
 	recpb "github.com/libp2p/go-libp2p-record/pb"
+	"github.com/libp2p/go-libp2p/core/event"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/libp2p/go-libp2p/p2p/host/eventbus"
 	"github.com/multiformats/go-base32"
 	"google.golang.org/protobuf/proto"
 )
 
 // The overlay's DHT holds records that must outlive any one node: leases
 // of virtual addresses, revocations. It is go-libp2p-kad-dht under the
-// project's own protocol prefix, in server mode on every node, with no
-// bootstrap list of its own: it finds its peers on the ring's links.
+// project's own protocol prefix, with no bootstrap list of its own: it
+// finds its peers on the ring's links. A node serves the DHT (stores
+// records, answers lookups) unless STUN shows it behind a NAT: others
+// cannot dial such a node, so as a server it would only make their
+// lookups wait on dials that fail. Behind a NAT it is a DHT client, which
+// asks and puts through the servers it dials out to.
 //
 // Records are checked twice. The Validator decides which records are
 // well-formed and which of two is better; the Admit hook runs where a
@@ -63,7 +70,14 @@ type DHT struct {
 	kad   *dht.IpfsDHT
 	pm    *dhtpb.ProtocolMessenger
 	id    peer.ID
+	host  host.Host
 	store *admittingStore
+
+	// reach tells kad-dht (in ModeAutoServer) whether this node is
+	// reachable; reachMu guards reachNow, the last state told.
+	reach    event.Emitter
+	reachMu  sync.Mutex
+	reachNow network.Reachability
 }
 
 func newDHT(h host.Host, cfg DHTConfig, o *Overlay) (*DHT, error) {
@@ -71,8 +85,15 @@ func newDHT(h host.Host, cfg DHTConfig, o *Overlay) (*DHT, error) {
 		return nil, errors.New("dht: no validator")
 	}
 	store := &admittingStore{Batching: dssync.MutexWrap(ds.NewMapDatastore()), admit: cfg.Admit}
+	// The DHT serves until told otherwise: a node whose reachability is
+	// not known yet (no STUN answer so far) is most likely public, and a
+	// ring must have servers from its first minute.
+	reach, err := h.EventBus().Emitter(new(event.EvtLocalReachabilityChanged), eventbus.Stateful)
+	if err != nil {
+		return nil, fmt.Errorf("dht reachability emitter: %w", err)
+	}
 	kad, err := dht.New(h,
-		dht.Mode(dht.ModeServer),
+		dht.Mode(dht.ModeAutoServer),
 		dht.ProtocolPrefix(dhtPrefix),
 		dht.Validator(cfg.Validator),
 		dht.Datastore(store),
@@ -91,14 +112,37 @@ func newDHT(h host.Host, cfg DHTConfig, o *Overlay) (*DHT, error) {
 		dht.RoutingTableRefreshPeriod(10*time.Minute),
 	)
 	if err != nil {
+		reach.Close()
 		return nil, fmt.Errorf("dht: %w", err)
 	}
 	pm, err := dhtpb.NewProtocolMessenger(kad.MessageSender())
 	if err != nil {
 		kad.Close()
+		reach.Close()
 		return nil, fmt.Errorf("dht messenger: %w", err)
 	}
-	return &DHT{kad: kad, pm: pm, id: h.ID(), store: store}, nil
+	return &DHT{kad: kad, pm: pm, id: h.ID(), host: h, store: store, reach: reach}, nil
+}
+
+// setReachability tells kad-dht whether others can dial this node: not
+// (Private) makes it a client; yes or not known (Public, Unknown) a
+// server. It emits only changes.
+func (d *DHT) setReachability(r network.Reachability) {
+	d.reachMu.Lock()
+	defer d.reachMu.Unlock()
+	if r == d.reachNow {
+		return
+	}
+	d.reachNow = r
+	d.reach.Emit(event.EvtLocalReachabilityChanged{Reachability: r})
+}
+
+// Serving reports whether this node is a DHT server: stores records for
+// others and answers their lookups.
+// kad-dht tells its options, not its mode; a server is what handles the
+// DHT protocol.
+func (d *DHT) Serving() bool {
+	return slices.Contains(d.host.Mux().Protocols(), protocol.ID(dhtPrefix+"/kad/1.0.0"))
 }
 
 // Put stores value under key here and at the closest nodes that take it.
@@ -144,9 +188,16 @@ func (d *DHT) Replicas(ctx context.Context, key string) (values [][]byte, asked 
 	if err != nil && ctx.Err() != nil {
 		return nil, 0, fmt.Errorf("dht closest peers of %q: %w", key, err)
 	}
-	// Alone on the ring (no peers), only this node's store answers.
-	replicas := kb.SortClosestPeers(append(slices.DeleteFunc(closest, func(p peer.ID) bool { return p == d.id }), d.id),
-		kb.ConvertKey(key))
+	// Alone on the ring (no peers), only this node's store answers. A
+	// DHT client is never a replica: its own store holds what it put,
+	// which no lookup of others finds.
+	closest = slices.DeleteFunc(closest, func(p peer.ID) bool { return p == d.id })
+	if d.Serving() {
+		closest = append(closest, d.id)
+	} else if len(closest) == 0 {
+		return nil, 0, fmt.Errorf("dht closest peers of %q: no DHT server answered", key)
+	}
+	replicas := kb.SortClosestPeers(closest, kb.ConvertKey(key))
 	replicas = replicas[:min(len(replicas), d.kad.BucketSize())]
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -220,7 +271,11 @@ func (d *DHT) RoutingTableSize() int { return d.kad.RoutingTable().Size() }
 func (d *DHT) BucketSize() int { return d.kad.BucketSize() }
 
 // Close stops the DHT.
-func (d *DHT) Close() error { return d.kad.Close() }
+func (d *DHT) Close() error {
+	err := d.kad.Close()
+	d.reach.Close()
+	return err
+}
 
 // valueKey is where kad-dht's value store keeps the record for key: under
 // its namespace, the key in base32 (records/value_store.go, v0.42).

@@ -11,6 +11,7 @@ import (
 
 	record "github.com/libp2p/go-libp2p-record"
 	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/ringnet/ringnet/dhcp"
@@ -106,6 +107,53 @@ func TestDHTReplicasKeepTheFirstClaim(t *testing.T) {
 	if err := a.DHT().Put(ctx, key, []byte("not a lease")); err == nil {
 		t.Fatal("a malformed record was stored")
 	}
+}
+
+// TestDHTClientBehindNAT turns a node into a DHT client, as updateReach
+// does when it sees a NAT in front of it: the others drop it from their
+// routing tables, it is no replica, yet its claims land on a majority of
+// the servers; told it is public again, it serves again.
+func TestDHTClientBehindNAT(t *testing.T) {
+	nodes := leaseRing(t, 5)
+	waitConsistent(t, nodes, 20*time.Second)
+	natted := nodes[2]
+	// STUN on loopback sees no NAT; wait for it, so that its answer
+	// cannot undo what this test tells the DHT.
+	waitFor(t, "STUN", func() bool { return natted.NAT().Mapping == MappingNone })
+	if !natted.DHT().Serving() {
+		t.Fatal("a node with no NAT is not a DHT server")
+	}
+	natted.DHT().setReachability(network.ReachabilityPrivate)
+	waitFor(t, "the NATed node to leave the others' routing tables", func() bool {
+		if natted.DHT().Serving() {
+			return false
+		}
+		for _, n := range nodes {
+			if n != natted && n.DHT().kad.RoutingTable().Find(natted.ID()) != "" {
+				return false
+			}
+		}
+		return true
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	key := dhcp.LeaseKey("lab", netip.MustParseAddr("10.128.0.60"))
+	if err := natted.DHT().Put(ctx, key, signedLease(t, natted.cfg.Identity, "10.128.0.60")); err != nil {
+		t.Fatal(err)
+	}
+	values, asked, err := natted.DHT().Replicas(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if asked != len(nodes)-1 || 2*len(values) <= asked {
+		t.Fatalf("the client asked %d replicas and %d hold its record; want the %d servers, a majority holding it",
+			asked, len(values), len(nodes)-1)
+	}
+	if _, asked, err := nodes[0].DHT().Replicas(ctx, key); err != nil || asked != len(nodes)-1 {
+		t.Fatalf("a server asked %d replicas (%v); want the %d servers, not the client", asked, err, len(nodes)-1)
+	}
+	natted.DHT().setReachability(network.ReachabilityPublic)
+	waitFor(t, "the node to serve again", natted.DHT().Serving)
 }
 
 // TestClosedRingRefusesStrangers closes the ring: nodes whose proof

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -106,6 +107,7 @@ func (r *ringManager) onDialMe(rh routing.Header, body []byte) {
 	if !ok {
 		return
 	}
+	r.o.noteDialMe(time.Now())
 	r.goDial(func() {
 		if err := r.dialAnswerer(r.o.ctx, m); err != nil {
 			r.counters.dialFailed.Add(1)

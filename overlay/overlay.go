@@ -142,6 +142,7 @@ type Overlay struct {
 	router    Router
 	ring      *ringManager // nil without Config.Ring
 	stun      stunState
+	reach     reachState
 	punches   punchCounters
 	addrs     addrResolver
 	admit     admission

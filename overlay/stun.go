@@ -189,8 +189,12 @@ func (o *Overlay) handleSTUN(b []byte, from netip.AddrPort) {
 			return
 		}
 		s.responses.Add(1)
+		seen := netip.AddrPortFrom(addr.Unmap(), uint16(xor.Port))
 		s.mu.Lock()
-		s.mapped[from.Addr()] = seenAs{netip.AddrPortFrom(addr.Unmap(), uint16(xor.Port)), time.Now()}
+		if old, ok := s.mapped[from.Addr()]; !ok || old.addr != seen {
+			o.reach.changed.Store(true)
+		}
+		s.mapped[from.Addr()] = seenAs{seen, time.Now()}
 		s.mu.Unlock()
 	default:
 		s.refused.Add(1)
@@ -242,6 +246,7 @@ func (o *Overlay) stunRound(now time.Time, links []peer.ID) {
 		for ip, m := range s.mapped {
 			if now.Sub(m.at) > 2*stunRefresh+stunTimeout {
 				delete(s.mapped, ip) // a server no longer asked, or a NAT that changed
+				o.reach.changed.Store(true)
 			}
 		}
 	}
@@ -257,6 +262,7 @@ func (o *Overlay) stunRound(now time.Time, links []peer.ID) {
 		s.mu.Unlock()
 		o.udp.WriteToUDPAddrPort(req.Raw, a.server)
 	}
+	o.updateReach(now)
 }
 
 // NATStatus is what the node learned with STUN.

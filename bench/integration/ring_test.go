@@ -363,11 +363,21 @@ func ringBehindNAT(t *testing.T, kind testbed.NATKind, mapping string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if pub.NAT.Mapping != "none" {
-		t.Errorf("a public node reports mapping %q, want none", pub.NAT.Mapping)
+	if pub.NAT.Mapping != "none" || pub.Lease.DHT != "server" {
+		t.Errorf("a public node reports mapping %q, DHT %q; want none, server", pub.NAT.Mapping, pub.Lease.DHT)
 	}
-	t.Logf("pings both ways between the NATed VM and each public one; %d dial-me messages (none needed where the NATed node's DHT lookups had connected first); STUN: %s, public %s",
-		dialMe, st.NAT.Mapping, st.NAT.Public)
+	// Behind a NAT, the node is a DHT client: others cannot dial it, so
+	// it must not be one of their replicas or lookup hops. STUN tells it
+	// so; with UDP blocked, only a dial-me does. It still claimed its own
+	// address, at the first try.
+	if (kind != testbed.NATUDPBlocked || dialMe > 0) && st.Lease.DHT != "client" {
+		t.Errorf("behind a %v NAT (%d dial-me), the node's DHT is %q, want client", kind, dialMe, st.Lease.DHT)
+	}
+	if st.Lease.Addr != nat.vip || st.Lease.Claims != 1 {
+		t.Errorf("the NATed node holds %q after %d claims, want %s at the first", st.Lease.Addr, st.Lease.Claims, nat.vip)
+	}
+	t.Logf("pings both ways between the NATed VM and each public one; %d dial-me messages (none needed where the NATed node's DHT lookups had connected first); STUN: %s, public %s; DHT %s",
+		dialMe, st.NAT.Mapping, st.NAT.Public, st.Lease.DHT)
 }
 
 // TestChurn kills and restarts random nodes of a 32-node ring, about one

@@ -156,6 +156,20 @@ func natPair(t *testing.T, kind testbed.NATKind, base node.Config) (vms []*ringV
 			return err == nil && len(st.Ring.NearCW) > 0 && len(st.Ring.NearCCW) > 0 && st.NAT.Mapping != "unknown"
 		})
 	}
+	// Behind their NATs both are DHT clients, and each claimed its own
+	// address at the first try through the public nodes' DHT.
+	for _, v := range []*ringVM{a, b} {
+		var st node.Status
+		waitFor(t, v.vip+" to hold a lease", func() bool {
+			var err error
+			st, err = v.vm.Status(t.Context())
+			return err == nil && st.Lease.Addr != ""
+		})
+		if st.Lease.Addr != v.vip || st.Lease.Claims != 1 || st.Lease.DHT != "client" {
+			t.Fatalf("behind a %v NAT, %s holds %q after %d claims, DHT %q; want its own address at the first claim, as a DHT client",
+				kind, v.vip, st.Lease.Addr, st.Lease.Claims, st.Lease.DHT)
+		}
+	}
 	return vms, a, b
 }
 

@@ -267,6 +267,14 @@ func printStatus(w io.Writer, st *node.Status) {
 	fmt.Fprintf(w, "namespace:   %s\n", st.Namespace)
 	fmt.Fprintf(w, "TAP:         %s, MTU %d, gateway MAC %s\n", st.TAP.Name, st.TAP.MTU, st.TAP.GatewayMAC)
 	fmt.Fprintf(w, "data socket: %s\n", st.DataAddr)
+	if st.NAT.Public != "" {
+		fmt.Fprintf(w, "NAT:         mapping %s, seen as %s\n", st.NAT.Mapping, st.NAT.Public)
+	} else {
+		fmt.Fprintf(w, "NAT:         mapping %s\n", st.NAT.Mapping)
+	}
+	if st.Lease.DHT != "" {
+		fmt.Fprintf(w, "DHT:         %s, %d peers\n", st.Lease.DHT, st.Lease.Counters["dht_peers"])
+	}
 	for _, a := range st.Addresses {
 		fmt.Fprintf(w, "listening:   %s\n", a)
 	}
