@@ -242,6 +242,13 @@ func (o *Overlay) checkProof(id peer.ID, proof []byte) {
 	}
 	if first {
 		a.accepted.Add(1)
+		if o.dht != nil {
+			o.wg.Add(1)
+			go func() {
+				defer o.wg.Done()
+				o.dht.peerAdmitted(o.ctx, id)
+			}()
+		}
 	}
 }
 

@@ -49,7 +49,13 @@ const (
 	// replicaTimeout one replica's answer.
 	closestTimeout = 2 * time.Second
 	replicaTimeout = 2 * time.Second
+	// admitIdentifyWait bounds how long a newly admitted peer's identify
+	// is waited for before the routing table is offered the peer.
+	admitIdentifyWait = 5 * time.Second
 )
+
+// kadProtocol is the protocol DHT servers handle.
+const kadProtocol = protocol.ID(dhtPrefix + "/kad/1.0.0")
 
 // ErrRefused wraps what a DHT replica's Admit hook refused.
 var ErrRefused = errors.New("record refused")
@@ -137,12 +143,35 @@ func (d *DHT) setReachability(r network.Reachability) {
 	d.reach.Emit(event.EvtLocalReachabilityChanged{Reachability: r})
 }
 
+// peerAdmitted offers a peer just admitted to the ring to the routing
+// table. kad-dht considers a peer when identify completes, which may come
+// before its admission (the routing table filter then keeps it out, and
+// nothing makes kad-dht look again) or after it (kad-dht then checks it
+// with a request that the peer may hold back until it has admitted this
+// node in turn). So the peer is added here once identify shows that it
+// serves the DHT, waiting for that up to admitIdentifyWait.
+func (d *DHT) peerAdmitted(ctx context.Context, p peer.ID) {
+	ctx, cancel := context.WithTimeout(ctx, admitIdentifyWait)
+	defer cancel()
+	for {
+		if ok, err := d.host.Peerstore().SupportsProtocols(p, kadProtocol); err == nil && len(ok) > 0 {
+			d.kad.RoutingTable().TryAddPeer(p, true, false)
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
 // Serving reports whether this node is a DHT server: stores records for
 // others and answers their lookups.
 // kad-dht tells its options, not its mode; a server is what handles the
 // DHT protocol.
 func (d *DHT) Serving() bool {
-	return slices.Contains(d.host.Mux().Protocols(), protocol.ID(dhtPrefix+"/kad/1.0.0"))
+	return slices.Contains(d.host.Mux().Protocols(), kadProtocol)
 }
 
 // Put stores value under key here and at the closest nodes that take it.

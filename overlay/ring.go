@@ -1109,6 +1109,7 @@ func (o *Overlay) Ring() (st RingStatus, ok bool) {
 		"dial_failed":         c.dialFailed.Load(),
 		"dial_me_sent":        c.dialMeSent.Load(),
 		"stale_hints":         c.staleHints.Load(),
+		"forwarded":           r.o.forwarded.Load(),
 		"shortcuts_formed":    c.shortcutsFormed.Load(),
 		"shortcuts_punched":   c.shortcutsPunched.Load(),
 		"punches_sent":        r.o.punches.sent.Load(),

@@ -229,3 +229,120 @@ func waitFor2(t *testing.T, what string, within time.Duration, cond func() bool)
 		time.Sleep(500 * time.Millisecond)
 	}
 }
+
+// TestRingMemberForwardsOtherNamespace: a ring member outside a namespace
+// still forwards the namespace's traffic, sealed end to end, which it can
+// neither read nor deliver to its own VM. Members a and b cannot reach
+// each other's underlay addresses (nftables in a's namespace), so every
+// packet between them goes through f, a ring member of another namespace.
+func TestRingMemberForwardsOtherNamespace(t *testing.T) {
+	ctx := t.Context()
+	bed := testbed.NewT(t, testbed.Options{RingnetPath: ringnetBin})
+	defer func() {
+		if t.Failed() {
+			bed.DumpLogs(30)
+		}
+	}()
+	ring, err := testbed.NewOwner(cert.Ring, "grid", netip.Prefix{}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lab, err := testbed.NewOwner(cert.Namespace, "lab", netip.MustParsePrefix("10.140.0.0/16"), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	site, err := bed.AddSite(ctx, "s", testbed.NATNone)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vms []*testbed.VM
+	for _, name := range []string{"f", "a", "b"} {
+		v, err := bed.AddVM(ctx, site, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		vms = append(vms, v)
+	}
+	f, a, b := vms[0], vms[1], vms[2]
+	block := fmt.Sprintf("add table ip rnblock; "+
+		"add chain ip rnblock out { type filter hook output priority 0 ; } ; add rule ip rnblock out ip daddr %[1]s drop; "+
+		"add chain ip rnblock in { type filter hook input priority 0 ; } ; add rule ip rnblock in ip saddr %[1]s drop", b.UnderlayIP())
+	if err := a.Exec(ctx, "nft", block); err != nil {
+		t.Fatal(err)
+	}
+
+	var fCfg node.Config
+	if err := testbed.Configure(ctx, f, &fCfg, ring, nil); err != nil {
+		t.Fatal(err)
+	}
+	fCfg.Namespace = node.NamespaceConfig{Open: true, Name: "other", Subnet: "10.141.0.0/16"}
+	fCfg.LogLevel = "debug"
+	if err := f.StartNode(ctx, fCfg); err != nil {
+		t.Fatal(err)
+	}
+	boot, err := f.BootstrapAddr(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrs := make(map[*testbed.VM]string)
+	started := time.Now()
+	for _, m := range []*testbed.VM{a, b} {
+		var cfg node.Config
+		if err := testbed.Configure(ctx, m, &cfg, ring, lab); err != nil {
+			t.Fatal(err)
+		}
+		cfg.Bootstrap = []string{boot}
+		cfg.Namespace.Settle = "300ms"
+		cfg.LogLevel = "debug"
+		if err := m.StartNode(ctx, cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, m := range []*testbed.VM{a, b} {
+		st, err := waitLease(ctx, m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		addrs[m] = st.Lease.Addr
+	}
+	t.Logf("a leased %s, b %s, %v after the nodes started", addrs[a], addrs[b], time.Since(started).Round(100*time.Millisecond))
+	if err := waitReach(ctx, a, addrs[b]); err != nil {
+		t.Fatalf("a cannot reach b through f: %v", err)
+	}
+	t.Logf("a reached b %v after the nodes started", time.Since(started).Round(100*time.Millisecond))
+	before, err := f.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := a.Ping(ctx, addrs[b], "-c", "50", "-i", "0.02", "-W", "1")
+	if err != nil || r.Received < 49 {
+		t.Fatalf("a -> b: %+v %v", r, err)
+	}
+	after, err := f.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fwd := after.Ring.Counters["forwarded"] - before.Ring.Counters["forwarded"]
+	if fwd < 2*uint64(r.Received) {
+		t.Fatalf("f forwarded %d datagrams while a and b exchanged %d pings and replies; want them all", fwd, 2*r.Received)
+	}
+	st, err := a.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bID, err := b.PeerID(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range st.Peers {
+		if p.PeerID == bID && (p.Link != "routed" || p.Hops != 2) {
+			t.Fatalf("a reaches b by %q with %d hops; want routed through f", p.Link, p.Hops)
+		}
+	}
+	// f holds no lab lease, so neither member's VM answers it.
+	if err := waitReach(ctxFor(ctx, 5*time.Second), f, addrs[a]); err == nil {
+		t.Fatal("f's VM reached a member of a namespace it is not in")
+	}
+	t.Logf("f, outside lab, forwarded %d sealed datagrams between lab's %s and %s (%d pings answered); its own VM reaches neither",
+		fwd, addrs[a], addrs[b], r.Received)
+}
