@@ -160,6 +160,10 @@ type Peer struct {
 	firstRingTx, directAt atomic.Int64
 	lastRx                uint64    // rxPackets+rxControl at the last tick; p.mu
 	lastHeard             time.Time // when that sum last moved; p.mu
+	// lastAnswer is when a ping of ours was last answered, on any path:
+	// hearing the peer shows only that we can open what it sends, an
+	// answer that it can open what we send. p.mu.
+	lastAnswer time.Time
 
 	lastPunch                   time.Time        // p.mu
 	punchCands                  []netip.AddrPort // p.mu: where the peer said it may be reached
@@ -267,6 +271,13 @@ func (p *Peer) tick(ctx context.Context) {
 		}
 		connected = true
 	}
+	// Sending on a link session, and no ping answered: the peer cannot
+	// open what we send (a handshake race lost a confirm, or it lost
+	// the session), though it may still send under a session we hold.
+	// Handshake again, as over the ring.
+	if connected && mayLink && linkSession && p.unanswered(now) {
+		p.requestRekey("pings unanswered")
+	}
 	// A link that came up under a session over the ring handshakes at
 	// once: the link's own session gives it keys and a UDP endpoint.
 	if connected && mayLink && (p.wantHandshake(now) || p.currentViaRing()) {
@@ -348,6 +359,20 @@ func (p *Peer) silentLocked(now time.Time) bool {
 	sending := now.Sub(p.lastTxChange) < quietAfter
 	return sending && now.Sub(p.lastHeard) > ringSilence &&
 		p.current != nil && now.Sub(p.current.created) > ringSilence
+}
+
+// unanswered reports whether we have sent to the peer lately under a
+// link session older than ringSilence, and none of our pings was
+// answered for ringSilence.
+func (p *Peer) unanswered(now time.Time) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if tx := p.txPackets.Load(); tx != p.lastTx {
+		p.lastTx, p.lastTxChange = tx, now
+	}
+	s := p.current
+	return now.Sub(p.lastTxChange) < quietAfter && s != nil && !s.viaRing &&
+		now.Sub(s.created) > ringSilence && now.Sub(p.lastAnswer) > ringSilence
 }
 
 // unconfirmedLink reports whether the current session is a link session
@@ -552,6 +577,7 @@ func (p *Peer) pong(payload []byte, via Path) {
 		return
 	}
 	delete(p.pendingProbes, id)
+	p.lastAnswer = now
 	if rtt := now.Sub(sent); rtt >= 0 && rtt < time.Minute {
 		p.rtt = rtt
 	}

@@ -2,6 +2,7 @@ package overlay
 
 import (
 	"context"
+	"fmt"
 	"encoding/binary"
 	"net"
 	"net/netip"
@@ -254,11 +255,63 @@ func TestRekeyKeepsTrafficFlowing(t *testing.T) {
 	}
 }
 
-func TestStreamFallbackWhenUDPDoesNotGetThrough(t *testing.T) {
-	a := newTestNode(t, "10.128.0.1", 0)
-	b := newTestNode(t, "10.128.0.2", 0)
-	// A port where nothing listens: UDP pings are never answered, as behind
-	// a firewall that drops UDP.
+// TestLinkRekeysWhenPeerLostTheSession: b no longer knows the session a
+// sends under (a handshake race, or a restart, left the two ends with
+// different sessions), though both still have one. a, sending and
+// hearing nothing back, handshakes again, and packets flow: on the UDP
+// path, and on the stream path, where no change of path prompts it.
+func TestLinkRekeysWhenPeerLostTheSession(t *testing.T) {
+	for _, path := range []Path{PathUDP, PathStream} {
+		t.Run(path.String(), func(t *testing.T) {
+			a := newTestNode(t, "10.128.0.1", 0)
+			b := newTestNode(t, "10.128.0.2", 0)
+			if path == PathStream {
+				blockUDP(t, a, b)
+			}
+			if err := a.AddPeer(peer.AddrInfo{ID: b.ID(), Addrs: b.Host().Addrs()}); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, path.String()+" path both ways", func() bool {
+				return pathTo(a, b.ID()) == path && pathTo(b, a.ID()) == path
+			})
+			pa := a.peer(b.ID())
+			lost := pa.sendSession.Load()
+			b.mu.Lock()
+			for idx, e := range b.byIndex {
+				if e.peer.id == a.ID() {
+					delete(b.byIndex, idx)
+				}
+			}
+			b.mu.Unlock()
+			deadline := time.Now().Add(15 * time.Second)
+			for i := 0; ; i++ {
+				pkt := ipv4("10.128.0.1", "10.128.0.2", fmt.Sprint(i))
+				sendPacket(t, a, pkt)
+				select {
+				case got := <-b.got:
+					if string(got) != string(pkt) {
+						continue // an earlier packet, late
+					}
+					if pa.sendSession.Load() == lost {
+						t.Fatal("delivered under the session b lost")
+					}
+					t.Logf("delivered again after %d packets; b dropped %d as from no session it knows",
+						i+1, b.drops.unknownPeer.Load())
+					return
+				case <-time.After(200 * time.Millisecond):
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("a never handshook again: %d packets sent to a session b lost", i+1)
+				}
+			}
+		})
+	}
+}
+
+// blockUDP points a and b at a UDP port where nothing listens, as behind
+// a firewall that drops UDP: their links run on the stream.
+func blockUDP(t *testing.T, a, b *testNode) {
+	t.Helper()
 	dead, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
@@ -267,6 +320,12 @@ func TestStreamFallbackWhenUDPDoesNotGetThrough(t *testing.T) {
 	dead.Close()
 	a.peer(b.ID()).endpoint.Store(&deadAddr)
 	b.peer(a.ID()).endpoint.Store(&deadAddr)
+}
+
+func TestStreamFallbackWhenUDPDoesNotGetThrough(t *testing.T) {
+	a := newTestNode(t, "10.128.0.1", 0)
+	b := newTestNode(t, "10.128.0.2", 0)
+	blockUDP(t, a, b)
 	if err := a.AddPeer(peer.AddrInfo{ID: b.ID(), Addrs: b.Host().Addrs()}); err != nil {
 		t.Fatal(err)
 	}
