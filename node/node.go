@@ -73,7 +73,9 @@ type Node struct {
 	badVnetHdr    atomic.Uint64 // frames whose vnet header did not decode
 	segmentFailed atomic.Uint64 // offloaded packets Segment refused
 
-	wg sync.WaitGroup
+	ctx  context.Context
+	stop context.CancelCauseFunc
+	wg   sync.WaitGroup
 }
 
 // New starts a node: it opens the identity, the TAP device, the overlay and
@@ -113,7 +115,12 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger, opts ...Option) (*N
 			return nil, fieldErr(field, "%v is not in the namespace's subnet %v (from its certificate)", subnet, t.nsCert.Subnet)
 		}
 	}
+	// The node runs until ctx ends, or until it finds it must not run
+	// (another live node holds its identity): then stop records why.
+	ctx, stop := context.WithCancelCause(ctx)
 	n := &Node{
+		ctx:    ctx,
+		stop:   stop,
 		cfg:    cfg,
 		log:    log,
 		key:    key,
@@ -134,6 +141,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger, opts ...Option) (*N
 	defer func() {
 		if !ok {
 			n.close()
+			stop(nil)
 		}
 	}()
 
@@ -196,7 +204,11 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger, opts ...Option) (*N
 		Shortcuts:    shortcuts,
 		NewReceiver:  n.newReceiver,
 		AddrsLearned: n.announce,
-		Logger:       log,
+		OnClone: func(err error) {
+			log.Error("refusing to run", "err", err)
+			stop(err)
+		},
+		Logger: log,
 	})
 	if err != nil {
 		return nil, err
@@ -250,6 +262,20 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger, opts ...Option) (*N
 
 // Wait blocks until the node has stopped.
 func (n *Node) Wait() { n.wg.Wait() }
+
+// Done is closed when the node begins to stop: its context ended, or it
+// found that it must not run (Err says why).
+func (n *Node) Done() <-chan struct{} { return n.ctx.Done() }
+
+// Err is why the node stopped on its own: it wraps overlay.ErrClone when
+// another live node holds its identity. It is nil while the node runs or
+// when its context ended.
+func (n *Node) Err() error {
+	if err := context.Cause(n.ctx); errors.Is(err, overlay.ErrClone) {
+		return err
+	}
+	return nil
+}
 
 // ID is the node's peer ID.
 func (n *Node) ID() peer.ID { return n.ov.ID() }

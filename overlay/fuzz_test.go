@@ -291,3 +291,24 @@ func FuzzSTUN(f *testing.F) {
 		}
 	})
 }
+
+// FuzzInstanceMsgs parses arbitrary clone-check answers and proofs:
+// nothing may panic, and what parses marshals back to the same bytes.
+func FuzzInstanceMsgs(f *testing.F) {
+	p := instanceProof{instance: [nonceLen]byte{1, 2}, started: time.Unix(1700000000, 5), sig: []byte("sig")}
+	f.Add(marshalFound([]otherInstance{{addr: "/ip4/192.0.2.1/tcp/4150", proof: p.marshal()}}))
+	f.Add(marshalFound(nil))
+	f.Add(p.marshal())
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if found, err := parseFound(b); err == nil {
+			if again := marshalFound(found); !bytes.Equal(again, b) {
+				t.Fatalf("found round trip: %x; want %x", again, b)
+			}
+		}
+		if q, err := parseInstanceProof(b); err == nil {
+			if again := q.marshal(); !bytes.Equal(again, b) {
+				t.Fatalf("proof round trip: %x; want %x", again, b)
+			}
+		}
+	})
+}

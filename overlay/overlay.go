@@ -90,6 +90,10 @@ type Config struct {
 	Admission *AdmissionConfig
 	// DHT, if set, runs the overlay's record store (dht.go).
 	DHT *DHTConfig
+	// OnClone, if set, is told when another live node holds this node's
+	// identity and this one is the newer (instance.go); the error wraps
+	// ErrClone and says where the other runs. The node should stop.
+	OnClone func(error)
 	// Resolve, if set, says which node holds a virtual address, from the
 	// lease records; it returns ErrNotHeld for an address no one holds.
 	// With it, a peer's hello only names addresses to check (addrs.go).
@@ -143,6 +147,7 @@ type Overlay struct {
 	ring      *ringManager // nil without Config.Ring
 	stun      stunState
 	reach     reachState
+	instance  instanceState
 	punches   punchCounters
 	addrs     addrResolver
 	admit     admission
@@ -213,6 +218,7 @@ func New(ctx context.Context, cfg Config) (*Overlay, error) {
 	if cfg.Admission != nil {
 		o.startAdmission()
 	}
+	o.startInstanceChecks()
 	h.SetStreamHandler(linkProtocol, o.gated(o.handleLinkStream))
 	h.SetStreamHandler(dataProtocol, o.gated(o.handleDataStream))
 	o.wg.Add(1)

@@ -2,8 +2,8 @@ package overlay
 
 import (
 	"context"
-	"fmt"
 	"encoding/binary"
+	"fmt"
 	"net"
 	"net/netip"
 	"testing"

@@ -3,8 +3,11 @@ package integration
 import (
 	"context"
 	"fmt"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -146,4 +149,90 @@ func waitLease(ctx context.Context, vm *testbed.VM) (node.Status, error) {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// TestClonedVMRefused starts a copy of a running node's disk (state
+// directory and config) in a VM at another site, as when a VM image is
+// cloned with its state: the copy, the newer node, finds the first one
+// alive through their common peer, says why, and exits with an error;
+// the first runs on.
+func TestClonedVMRefused(t *testing.T) {
+	ctx := t.Context()
+	bed, a, b := aDialsB(t, ctx, testbed.NATNone)
+	other, err := bed.AddSite(ctx, "other", testbed.NATNone)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clone, err := bed.AddVM(ctx, other, "a2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := a.NodeConfig()
+	cfg.StateDir = "" // the clone's own directory, which gets the copy
+	if err := copyStateDir(clone.StateDir(), a.StateDir()); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	// The clone may find the first before or after it answers status.
+	startErr := clone.StartNode(ctx, cfg)
+	waitFor2(t, "the clone to exit", 30*time.Second, func() bool { return !clone.NodeRunning() })
+	took := time.Since(start)
+	log, err := os.ReadFile(clone.LogPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := strings.Index(string(log), "another live node holds this identity")
+	if i < 0 {
+		t.Fatalf("the clone exited (start: %v) without saying it is a clone:\n%s", startErr, log)
+	}
+	// It exited with an error status, seen by StartNode if it went
+	// before it answered status.
+	if startErr != nil {
+		if !strings.Contains(startErr.Error(), "exit status 1") {
+			t.Errorf("the clone did not exit with status 1: %v", startErr)
+		}
+	} else if _, err := clone.NodeExit(); err == nil {
+		t.Error("the clone exited with status 0, want an error status")
+	}
+	line := string(log[i:])
+	line = line[:strings.IndexByte(line+"\n", '\n')]
+	t.Logf("the clone exited %v after it started: %s", took.Round(100*time.Millisecond), line)
+	if !a.NodeRunning() {
+		t.Fatal("the first node stopped too")
+	}
+	// The clone's handshakes with b took over b's sessions for the peer
+	// ID while it ran; b's link to the first handshakes again.
+	gone := time.Now()
+	if err := b.WaitReachable(ctx, vipA); err != nil {
+		t.Fatalf("b cannot reach the first node after the clone left: %v", err)
+	}
+	t.Logf("b reached the first node again %v after the clone exited", time.Since(gone).Round(100*time.Millisecond))
+	if r, err := b.Ping(ctx, vipA, "-c", "5", "-i", "0.1", "-W", "2"); err != nil || r.Received != 5 {
+		t.Fatalf("b -> the first node after the clone left: %+v, %v", r, err)
+	}
+}
+
+// copyStateDir copies a node's state directory, as a disk image would,
+// leaving out its control socket.
+func copyStateDir(dst, src string) error {
+	return filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(src, path)
+		if err != nil {
+			return err
+		}
+		switch {
+		case d.IsDir():
+			return os.MkdirAll(filepath.Join(dst, rel), 0o700)
+		case !d.Type().IsRegular():
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(filepath.Join(dst, rel), b, 0o600)
+	})
 }

@@ -174,6 +174,16 @@ func (vm *VM) NodeRunning() bool {
 	return !exited
 }
 
+// NodeExit reports whether the VM's node has exited, and if so its exit
+// error (nil for status 0).
+func (vm *VM) NodeExit() (exited bool, err error) {
+	p := vm.nodeProc()
+	if p == nil {
+		return false, nil
+	}
+	return p.Exited()
+}
+
 func (vm *VM) nodeProc() *Proc {
 	vm.mu.Lock()
 	defer vm.mu.Unlock()

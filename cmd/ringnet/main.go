@@ -176,10 +176,10 @@ func up(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	<-ctx.Done()
+	<-n.Done()
 	log.Info("shutting down")
 	n.Wait()
-	return nil
+	return n.Err()
 }
 
 func id(args []string, stdout io.Writer) error {
