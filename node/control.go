@@ -164,8 +164,9 @@ func (n *Node) Status() Status {
 			Counters:   n.gw.Counters(),
 			DataPath:   n.ov.DataPath(),
 		},
-		Drops: n.ov.Drops(),
-		Peers: []PeerStatus{},
+		Drops:          n.ov.Drops(),
+		ControlTraffic: n.ov.ControlTraffic(),
+		Peers:          []PeerStatus{},
 	}
 	st.Lease.Counters["dht_invalid"] = n.lease.invalid.Load()
 	if d := n.ov.DHT(); d != nil {

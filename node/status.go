@@ -21,6 +21,10 @@ type Status struct {
 	Peers     []PeerStatus `json:"peers"`
 	// Drops counts datagrams the data path refused, by reason.
 	Drops map[string]uint64 `json:"drops"`
+	// ControlTraffic is the bytes the control plane's streams carried
+	// since the node started, both ways, by libp2p protocol, without
+	// transport framing.
+	ControlTraffic map[string]uint64 `json:"control_traffic"`
 }
 
 // LeaseStatus is the VM's lease in the DHT, and how addresses resolve.

@@ -11,6 +11,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/control"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/metrics"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
@@ -27,7 +28,7 @@ import (
 // no public bootstrap list), so the overlay stays private. Addresses inside
 // the virtual subnets are neither announced nor dialled: the control plane
 // must never run over the overlay it controls.
-func newHost(key crypto.PrivKey, listen []string, g *gater) (host.Host, error) {
+func newHost(key crypto.PrivKey, listen []string, g *gater, bw *metrics.BandwidthCounter) (host.Host, error) {
 	virtual := g.virtual
 	cm, err := connmgr.NewConnManager(64, 256)
 	if err != nil {
@@ -42,6 +43,7 @@ func newHost(key crypto.PrivKey, listen []string, g *gater) (host.Host, error) {
 		libp2p.ConnectionManager(cm),
 		libp2p.DisableRelay(),
 		libp2p.DisableMetrics(),
+		libp2p.BandwidthReporter(bw),
 		libp2p.Ping(false),
 		libp2p.AddrsFactory(func(addrs []ma.Multiaddr) []ma.Multiaddr {
 			return slices.DeleteFunc(addrs, func(a ma.Multiaddr) bool { return inVirtual(a, virtual) })
@@ -119,4 +121,20 @@ func (g *gater) InterceptSecured(_ network.Direction, id peer.ID, _ network.Conn
 }
 func (g *gater) InterceptUpgraded(network.Conn) (bool, control.DisconnectReason) {
 	return true, 0
+}
+
+// ControlTraffic returns the bytes the control plane's streams carried
+// since the node started, both ways, by protocol ("other" for streams
+// before their protocol was agreed). Transport framing (Noise, yamux,
+// TCP and QUIC headers) is not counted.
+func (o *Overlay) ControlTraffic() map[string]uint64 {
+	m := make(map[string]uint64)
+	for id, st := range o.bw.GetBandwidthByProtocol() {
+		name := string(id)
+		if name == "" {
+			name = "other"
+		}
+		m[name] += uint64(st.TotalIn + st.TotalOut)
+	}
+	return m
 }

@@ -31,6 +31,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/metrics"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 
@@ -127,6 +128,7 @@ type Overlay struct {
 	cfg  Config
 	log  *slog.Logger
 	host host.Host
+	bw   *metrics.BandwidthCounter // the control plane's stream bytes
 	udp  *udpConn
 
 	ctx    context.Context
@@ -181,7 +183,8 @@ func New(ctx context.Context, cfg Config) (*Overlay, error) {
 		return nil, fmt.Errorf("data socket: %w", err)
 	}
 	g := &gater{virtual: cfg.VirtualSubnets}
-	h, err := newHost(cfg.Identity, cfg.ControlAddrs, g)
+	bw := metrics.NewBandwidthCounter()
+	h, err := newHost(cfg.Identity, cfg.ControlAddrs, g, bw)
 	if err != nil {
 		udp.Close()
 		return nil, err
@@ -190,6 +193,7 @@ func New(ctx context.Context, cfg Config) (*Overlay, error) {
 		cfg:     cfg,
 		log:     cfg.Logger,
 		host:    h,
+		bw:      bw,
 		udp:     udp,
 		peers:   make(map[peer.ID]*Peer),
 		byIndex: make(map[uint32]*indexEntry),

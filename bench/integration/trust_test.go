@@ -24,20 +24,7 @@ import (
 // address it does not hold has those packets dropped.
 func TestClosedRingAndNamespace(t *testing.T) {
 	ctx := t.Context()
-	bed := testbed.NewT(t, testbed.Options{RingnetPath: ringnetBin})
-	defer func() {
-		if t.Failed() {
-			bed.DumpLogs(30)
-		}
-	}()
-	ring, err := testbed.NewOwner(cert.Ring, "grid", netip.Prefix{}, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lab, err := testbed.NewOwner(cert.Namespace, "lab", netip.MustParsePrefix("10.140.0.0/16"), time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
+	bed, ring, lab := trustBed(t)
 	other, err := testbed.NewOwner(cert.Ring, "grid", netip.Prefix{}, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -205,6 +192,27 @@ func TestClosedRingAndNamespace(t *testing.T) {
 	}
 }
 
+// trustBed makes a test bed, the owner of ring "grid" and the owner of
+// namespace "lab" (10.140.0.0/16, one-hour leases).
+func trustBed(t *testing.T) (bed *testbed.Bed, ring, lab *testbed.Owner) {
+	t.Helper()
+	bed = testbed.NewT(t, testbed.Options{RingnetPath: ringnetBin})
+	t.Cleanup(func() {
+		if t.Failed() {
+			bed.DumpLogs(30)
+		}
+	})
+	ring, err := testbed.NewOwner(cert.Ring, "grid", netip.Prefix{}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lab, err = testbed.NewOwner(cert.Namespace, "lab", netip.MustParsePrefix("10.140.0.0/16"), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bed, ring, lab
+}
+
 func ctxFor(ctx context.Context, d time.Duration) context.Context {
 	c, cancel := context.WithTimeout(ctx, d)
 	context.AfterFunc(c, cancel)
@@ -237,20 +245,7 @@ func waitFor2(t *testing.T, what string, within time.Duration, cond func() bool)
 // packet between them goes through f, a ring member of another namespace.
 func TestRingMemberForwardsOtherNamespace(t *testing.T) {
 	ctx := t.Context()
-	bed := testbed.NewT(t, testbed.Options{RingnetPath: ringnetBin})
-	defer func() {
-		if t.Failed() {
-			bed.DumpLogs(30)
-		}
-	}()
-	ring, err := testbed.NewOwner(cert.Ring, "grid", netip.Prefix{}, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lab, err := testbed.NewOwner(cert.Namespace, "lab", netip.MustParsePrefix("10.140.0.0/16"), time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
+	bed, ring, lab := trustBed(t)
 	site, err := bed.AddSite(ctx, "s", testbed.NATNone)
 	if err != nil {
 		t.Fatal(err)

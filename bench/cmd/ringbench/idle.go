@@ -63,6 +63,7 @@ func idle(ctx context.Context, opts testbed.Options, base node.Config, n int, se
 	if err != nil {
 		return err
 	}
+	protoStart := controlTraffic(ctx, vms)
 	t0 := time.Now()
 	select {
 	case <-ctx.Done():
@@ -73,14 +74,18 @@ func idle(ctx context.Context, opts testbed.Options, base node.Config, n int, se
 	if err != nil {
 		return err
 	}
+	protoEnd := controlTraffic(ctx, vms)
 	secs := time.Since(t0).Seconds()
-	var rss, cpu, traffic []float64
+	var rss, anon, file, cpu, traffic []float64
 	for i, vm := range vms {
 		r, err := procRSS(vm.NodePID())
 		if err != nil {
 			return err
 		}
 		rss = append(rss, r)
+		a, _ := procStatusMiB(vm.NodePID(), "RssAnon:")
+		f, _ := procStatusMiB(vm.NodePID(), "RssFile:")
+		anon, file = append(anon, a), append(file, f)
 		cpu = append(cpu, 100*(end[i].cpu-start[i].cpu)/secs)
 		traffic = append(traffic, float64(end[i].bytes-start[i].bytes)/secs)
 	}
@@ -90,7 +95,8 @@ func idle(ctx context.Context, opts testbed.Options, base node.Config, n int, se
 	}
 	fmt.Printf("over %.0f s, %d nodes (a node has %d to %d ring links; v0 has %d):\n", secs, n,
 		minLinks(ctx, vms), maxLinks(ctx, vms), len(st.Ring.Links))
-	fmt.Printf("  RSS MiB:            median %.1f, max %.1f\n", median(rss), slices.Max(rss))
+	fmt.Printf("  RSS MiB:            median %.1f, max %.1f (median anonymous %.1f, file-backed %.1f)\n",
+		median(rss), slices.Max(rss), median(anon), median(file))
 	fmt.Printf("  CPU %% of a core:    median %.3f, max %.3f\n", median(cpu), slices.Max(cpu))
 	fmt.Printf("  uplink bytes/s:     median %.0f, max %.0f\n", median(traffic), slices.Max(traffic))
 	fmt.Printf("  per node (B/s):    ")
@@ -98,8 +104,35 @@ func idle(ctx context.Context, opts testbed.Options, base node.Config, n int, se
 		fmt.Printf(" %s=%.0f", vm.Name(), traffic[i])
 	}
 	fmt.Println()
+	// What the control plane's streams carried, by protocol: the mean
+	// over the nodes, without transport framing.
+	var protos []string
+	for p := range protoEnd {
+		protos = append(protos, p)
+	}
+	slices.Sort(protos)
+	fmt.Printf("  control streams, mean B/s per node, by protocol:")
+	for _, p := range protos {
+		if d := protoEnd[p] - protoStart[p]; d > 0 {
+			fmt.Printf(" %s=%.0f", p, float64(d)/secs/float64(n))
+		}
+	}
+	fmt.Println()
 	fmt.Printf("idle: rss_mib=%.1f cpu_pct=%.3f control_bytes_per_s=%.0f\n", median(rss), median(cpu), median(traffic))
 	return nil
+}
+
+// controlTraffic sums the nodes' control stream bytes by protocol.
+func controlTraffic(ctx context.Context, vms []*testbed.VM) map[string]uint64 {
+	m := make(map[string]uint64)
+	for _, vm := range vms {
+		if st, err := vm.Status(ctx); err == nil {
+			for p, b := range st.ControlTraffic {
+				m[p] += b
+			}
+		}
+	}
+	return m
 }
 
 func linkCounts(ctx context.Context, vms []*testbed.VM) []int {
@@ -137,18 +170,22 @@ func procCPU(pid int) (float64, error) {
 }
 
 // procRSS returns the resident memory of process pid in MiB.
-func procRSS(pid int) (float64, error) {
+func procRSS(pid int) (float64, error) { return procStatusMiB(pid, "VmRSS:") }
+
+// procStatusMiB returns a kB field of /proc/pid/status, such as "VmRSS:",
+// in MiB.
+func procStatusMiB(pid int, field string) (float64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0, err
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+		if rest, ok := strings.CutPrefix(line, field); ok {
 			kb, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 64)
 			return kb / 1024, err
 		}
 	}
-	return 0, fmt.Errorf("/proc/%d/status: no VmRSS", pid)
+	return 0, fmt.Errorf("/proc/%d/status: no %s", pid, field)
 }
 
 // uplinkBytes returns the bytes the VM's interfaces other than loopback
