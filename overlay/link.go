@@ -54,9 +54,12 @@ const (
 	// trip is quietAfter old, and gives up on UDP at sendTimeout. Only
 	// round trips count: hearing the peer proves nothing about the way to
 	// it.
-	udpTimeout       = pingInterval + 10*time.Second
-	sendTimeout      = 5 * time.Second
-	quietAfter       = 2 * time.Second
+	udpTimeout  = pingInterval + 10*time.Second
+	sendTimeout = 5 * time.Second
+	quietAfter  = 2 * time.Second
+	// deafLinkTimeout is how long a link may go unanswered while we send,
+	// a handshake tried in between, before its connection is closed.
+	deafLinkTimeout  = 8 * time.Second
 	handshakeTimeout = 5 * time.Second
 	dialTimeout      = 5 * time.Second
 	// rekeyGrace lets the peer with the lower ID rekey first, so that both
@@ -275,8 +278,21 @@ func (p *Peer) tick(ctx context.Context) {
 	// open what we send (a handshake race lost a confirm, or it lost
 	// the session), though it may still send under a session we hold.
 	// Handshake again, as over the ring.
-	if connected && mayLink && linkSession && p.unanswered(now) {
-		p.requestRekey("pings unanswered")
+	// If the handshake does not help either, the connection is dead
+	// at the far end though not yet here: close it and forget the
+	// session; the ring carries the packets meanwhile, and links again
+	// on a new connection.
+	if connected && mayLink && linkSession {
+		switch deaf := p.unanswered(now); {
+		case deaf > deafLinkTimeout:
+			p.o.log.Info("link deaf: closing its connection", "peer", p.id, "unanswered", deaf.Round(time.Second))
+			p.o.deafLinks.Add(1)
+			p.dropLinkSessions() // the next connection starts afresh
+			h.Network().ClosePeer(p.id)
+			return
+		case deaf > ringSilence:
+			p.requestRekey("pings unanswered")
+		}
 	}
 	// A link that came up under a session over the ring handshakes at
 	// once: the link's own session gives it keys and a UDP endpoint.
@@ -361,18 +377,28 @@ func (p *Peer) silentLocked(now time.Time) bool {
 		p.current != nil && now.Sub(p.current.created) > ringSilence
 }
 
-// unanswered reports whether we have sent to the peer lately under a
-// link session older than ringSilence, and none of our pings was
-// answered for ringSilence.
-func (p *Peer) unanswered(now time.Time) bool {
+// unanswered returns how long we have been sending to the peer under a
+// link session without an answer to our pings: since the last answer or
+// since the session began, whichever is later (0 when we are not
+// sending, or not on a link session).
+func (p *Peer) unanswered(now time.Time) time.Duration {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if tx := p.txPackets.Load(); tx != p.lastTx {
 		p.lastTx, p.lastTxChange = tx, now
 	}
 	s := p.current
-	return now.Sub(p.lastTxChange) < quietAfter && s != nil && !s.viaRing &&
-		now.Sub(s.created) > ringSilence && now.Sub(p.lastAnswer) > ringSilence
+	if now.Sub(p.lastTxChange) >= quietAfter || s == nil || s.viaRing {
+		return 0
+	}
+	return now.Sub(later(p.lastAnswer, s.created))
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // unconfirmedLink reports whether the current session is a link session

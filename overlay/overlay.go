@@ -142,6 +142,7 @@ type Overlay struct {
 
 	drops     dropCounters
 	forwarded atomic.Uint64 // routed datagrams passed on
+	deafLinks atomic.Uint64 // link connections closed for unanswered pings
 
 	ringAddr  routing.Addr
 	routeBufs sync.Pool

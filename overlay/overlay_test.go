@@ -107,6 +107,13 @@ func sendPacket(t *testing.T, n *testNode, pkt []byte) {
 	}
 }
 
+// trySend sends pkt from n, without a session too (the packet is dropped).
+func trySend(n *testNode, pkt []byte) {
+	buf := make([]byte, HeaderLen+len(pkt)+TagLen)
+	copy(buf[HeaderLen:], pkt)
+	n.Send(netip.AddrFrom4([4]byte(pkt[16:20])), buf, len(pkt))
+}
+
 func expectPacket(t *testing.T, n *testNode, want []byte) {
 	t.Helper()
 	select {
@@ -305,6 +312,53 @@ func TestLinkRekeysWhenPeerLostTheSession(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestDeafLinkConnectionClosed: b opens nothing a sends and takes no
+// handshake from it (as when the connection died at b's end only): a,
+// sending, rekeys in vain, then closes the connection; a new one, and a
+// handshake on it, bring the link back.
+func TestDeafLinkConnectionClosed(t *testing.T) {
+	a := newTestNode(t, "10.128.0.1", 0)
+	b := newTestNode(t, "10.128.0.2", 0)
+	blockUDP(t, a, b)
+	if err := a.AddPeer(peer.AddrInfo{ID: b.ID(), Addrs: b.Host().Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "stream path both ways", func() bool {
+		return pathTo(a, b.ID()) == PathStream && pathTo(b, a.ID()) == PathStream
+	})
+	b.Host().RemoveStreamHandler(linkProtocol)
+	b.mu.Lock()
+	for idx, e := range b.byIndex {
+		if e.peer.id == a.ID() {
+			delete(b.byIndex, idx)
+		}
+	}
+	b.mu.Unlock()
+	deadline := time.Now().Add(20 * time.Second)
+	for a.deafLinks.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("a never closed the deaf link's connection")
+		}
+		trySend(a, ipv4("10.128.0.1", "10.128.0.2", "x"))
+		time.Sleep(200 * time.Millisecond)
+	}
+	b.Host().SetStreamHandler(linkProtocol, b.handleLinkStream)
+	for i := 0; ; i++ {
+		pkt := ipv4("10.128.0.1", "10.128.0.2", fmt.Sprint(i))
+		trySend(a, pkt) // no session between the old connection and the new
+		select {
+		case got := <-b.got:
+			if string(got) == string(pkt) {
+				return
+			}
+		case <-time.After(200 * time.Millisecond):
+		}
+		if time.Now().After(deadline.Add(10 * time.Second)) {
+			t.Fatal("the link did not come back on a new connection")
+		}
 	}
 }
 

@@ -1110,6 +1110,7 @@ func (o *Overlay) Ring() (st RingStatus, ok bool) {
 		"dial_me_sent":        c.dialMeSent.Load(),
 		"stale_hints":         c.staleHints.Load(),
 		"forwarded":           r.o.forwarded.Load(),
+		"deaf_links_closed":   r.o.deafLinks.Load(),
 		"clone_checks_served": r.o.instance.asks.Load(),
 		"clone_probes":        r.o.instance.probes.Load(),
 		"clones_found":        r.o.instance.found.Load(),
