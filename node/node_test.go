@@ -53,7 +53,7 @@ func startNode(t *testing.T, ctx context.Context, addr string, peers ...*vmNode)
 	if testing.Verbose() {
 		logTo = t.Output()
 	}
-	log := slog.New(slog.NewTextHandler(logTo, nil))
+	log := slog.New(slog.NewTextHandler(logTo, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	n, err := New(ctx, cfg, log, WithDevice(dev, mac))
 	if err != nil {
 		t.Fatal(err)
@@ -151,6 +151,14 @@ func TestTwoNodesCarryAPing(t *testing.T) {
 	if err := a.vm.WriteFrame(frame); err != nil {
 		t.Fatal(err)
 	}
+	defer func() {
+		if t.Failed() {
+			for _, n := range []*vmNode{a, b} {
+				st := n.Status()
+				t.Logf("%s: drops %v\n  lease counters %v\n  tap counters %v\n  peers %+v", st.VirtualIP, st.Drops, st.Lease.Counters, st.TAP.Counters, st.Peers)
+			}
+		}
+	}()
 	got := readFrame(t, b.vm)
 	if string(got[0:6]) != string(b.mac) {
 		t.Errorf("frame to %x, want the VM's MAC %x", got[0:6], b.mac)

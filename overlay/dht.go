@@ -52,6 +52,9 @@ const (
 	// admitIdentifyWait bounds how long a newly admitted peer's identify
 	// is waited for before the routing table is offered the peer.
 	admitIdentifyWait = 5 * time.Second
+	// rtWait bounds how long a lookup waits for the routing table of a
+	// node that has peers but has not yet heard which of them serve.
+	rtWait = 2 * time.Second
 )
 
 // kadProtocol is the protocol DHT servers handle.
@@ -193,6 +196,7 @@ func (d *DHT) Put(ctx context.Context, key string, value []byte) error {
 // best record it found by then, if any: dead nodes among the closest must
 // not cost a record that live ones returned.
 func (d *DHT) Get(ctx context.Context, key string) ([]byte, error) {
+	d.waitRoutingTable(ctx)
 	v, err := d.kad.GetValue(ctx, key, dht.Quorum(getQuorum))
 	if v != nil {
 		return v, nil
@@ -209,6 +213,7 @@ func (d *DHT) Get(ctx context.Context, key string) ([]byte, error) {
 // store otherwise would let two claimants each see a majority. A node
 // that does not answer counts as asked: a claim needs a majority of all.
 func (d *DHT) Replicas(ctx context.Context, key string) (values [][]byte, asked int, err error) {
+	d.waitRoutingTable(ctx)
 	// A lookup that meets dead nodes can wait long on their dials: take
 	// the closest it found by closestTimeout.
 	lctx, cancel := context.WithTimeout(ctx, closestTimeout)
@@ -256,6 +261,27 @@ func (d *DHT) Replicas(ctx context.Context, key string) (values [][]byte, asked 
 	}
 	wg.Wait()
 	return values, asked, nil
+}
+
+// waitRoutingTable waits, up to rtWait, for the routing table to know a
+// server while this node is connected to peers: a node that has just
+// linked has not yet heard from kad-dht which of them serve, and a
+// lookup then would ask no one but itself, and call a held address free.
+func (d *DHT) waitRoutingTable(ctx context.Context) {
+	if d.RoutingTableSize() > 0 || len(d.host.Network().Peers()) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, rtWait)
+	defer cancel()
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for d.RoutingTableSize() == 0 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // local is the record this node stores for key, if any.
