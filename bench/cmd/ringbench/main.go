@@ -50,6 +50,7 @@ func main() {
 	wireguardGo := flag.String("wireguard-go", "wireguard-go", "path of the wireguard-go binary (peers)")
 	seed := flag.Uint64("seed", 1, "random seed of the simulated ring (ring)")
 	churnFor := flag.Duration("churn-for", 10*time.Minute, "how long nodes are killed and restarted (churn)")
+	idleSettle := flag.Duration("idle-settle", 4*time.Minute, "how long the ring settles before the idle window (idle): long enough for the DHT to converge after the boot")
 	offloads := flag.Bool("offloads", true, "open the nodes' TAP devices with offloads (tap.offloads)")
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "usage: ringbench [flags] BENCHMARK\n\nBenchmarks: throughput, peers, ring, migration, join, shortcut, idle, churn\n\nFlags:\n")
@@ -83,7 +84,7 @@ func main() {
 	case "shortcut":
 		err = shortcutBench(ctx, opts, base, 10, *runs, *seconds)
 	case "idle":
-		err = idle(ctx, opts, base, 32, 60*time.Second, 60*time.Second)
+		err = idle(ctx, opts, base, 32, *idleSettle, 60*time.Second)
 	case "churn":
 		err = churn(ctx, opts, base, 32, *churnFor)
 	case "dhcp":
