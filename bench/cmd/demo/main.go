@@ -306,8 +306,11 @@ func dhcpDemo(ctx context.Context, bed *testbed.Bed, op *operator, peer *member)
 	}
 	say("  dave's node: %d ring links; by STUN through its links it sees its NAT as %s, public address %s.",
 		len(st.Ring.Links), st.NAT.Mapping, st.NAT.Public)
-	say("  Behind a NAT nobody can dial it, so it uses the DHT as a %s: it asks the public nodes, and stores no one's records.",
-		st.Lease.DHT)
+	if st.Lease.DHT == "client" {
+		say("  Behind a NAT nobody can dial it, so it uses the DHT as a client: it asks the public nodes, and stores no one's records.")
+	} else {
+		say("  It still serves the DHT (%s): it has not yet learned that nobody can dial it.", st.Lease.DHT)
+	}
 	return nil
 }
 
