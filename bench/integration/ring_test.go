@@ -268,6 +268,15 @@ func TestRingOf24(t *testing.T) {
 	alive = append(alive, back)
 	_, took = waitRingConsistent(t, alive, 30*time.Second)
 	t.Logf("%s rejoined at its ring address %s…; consistent after %v", back.vip, back.addr[:12], took.Round(100*time.Millisecond))
+	// Its VM's address is back once the node has reclaimed its lease;
+	// with killed nodes among the lease's replicas, whose puts wait on
+	// dials, that has taken up to 25 s.
+	restarted := time.Now()
+	waitFor2(t, back.vip+"'s lease reclaimed", 60*time.Second, func() bool {
+		st, err := back.vm.Status(t.Context())
+		return err == nil && st.Lease.Addr == back.vip
+	})
+	t.Logf("%s reclaimed its address %v after the ring was consistent", back.vip, time.Since(restarted).Round(100*time.Millisecond))
 	// Every survivor reaches it, those that held a session with it
 	// before it died among them: they must notice that it lost the keys.
 	var failed []string
