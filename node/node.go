@@ -73,9 +73,8 @@ type Node struct {
 	badVnetHdr    atomic.Uint64 // frames whose vnet header did not decode
 	segmentFailed atomic.Uint64 // offloaded packets Segment refused
 
-	ctx  context.Context
-	stop context.CancelCauseFunc
-	wg   sync.WaitGroup
+	ctx context.Context // ends when the node stops; its cause says why
+	wg  sync.WaitGroup
 }
 
 // New starts a node: it opens the identity, the TAP device, the overlay and
@@ -120,7 +119,6 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger, opts ...Option) (*N
 	ctx, stop := context.WithCancelCause(ctx)
 	n := &Node{
 		ctx:    ctx,
-		stop:   stop,
 		cfg:    cfg,
 		log:    log,
 		key:    key,
@@ -134,6 +132,7 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger, opts ...Option) (*N
 	// touches the TAP or the network.
 	ctl, err := listenControl(cfg.ControlSocket())
 	if err != nil {
+		stop(nil)
 		return nil, err
 	}
 	n.ctl = ctl

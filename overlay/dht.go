@@ -31,8 +31,8 @@ import (
 // of virtual addresses, revocations. It is go-libp2p-kad-dht under the
 // project's own protocol prefix, with no bootstrap list of its own: it
 // finds its peers on the ring's links. A node serves the DHT (stores
-// records, answers lookups) unless STUN shows it behind a NAT: others
-// cannot dial such a node, so as a server it would only make their
+// records, answers lookups) unless it knows it is behind a NAT (reach.go):
+// others cannot dial such a node, so as a server it would only make their
 // lookups wait on dials that fail. Behind a NAT it is a DHT client, which
 // asks and puts through the servers it dials out to.
 //
@@ -154,25 +154,18 @@ func (d *DHT) setReachability(r network.Reachability) {
 // node in turn). So the peer is added here once identify shows that it
 // serves the DHT, waiting for that up to admitIdentifyWait.
 func (d *DHT) peerAdmitted(ctx context.Context, p peer.ID) {
-	ctx, cancel := context.WithTimeout(ctx, admitIdentifyWait)
-	defer cancel()
-	for {
-		if ok, err := d.host.Peerstore().SupportsProtocols(p, kadProtocol); err == nil && len(ok) > 0 {
-			d.kad.RoutingTable().TryAddPeer(p, true, false)
-			return
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(50 * time.Millisecond):
-		}
+	serves := func() bool {
+		ok, err := d.host.Peerstore().SupportsProtocols(p, kadProtocol)
+		return err == nil && len(ok) > 0
+	}
+	if pollUntil(ctx, admitIdentifyWait, serves) {
+		d.kad.RoutingTable().TryAddPeer(p, true, false)
 	}
 }
 
 // Serving reports whether this node is a DHT server: stores records for
-// others and answers their lookups.
-// kad-dht tells its options, not its mode; a server is what handles the
-// DHT protocol.
+// others and answers their lookups. kad-dht reports its options, not its
+// mode, so this asks whether the host handles the DHT protocol.
 func (d *DHT) Serving() bool {
 	return slices.Contains(d.host.Mux().Protocols(), kadProtocol)
 }
@@ -271,17 +264,24 @@ func (d *DHT) waitRoutingTable(ctx context.Context) {
 	if d.RoutingTableSize() > 0 || len(d.host.Network().Peers()) == 0 {
 		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, rtWait)
+	pollUntil(ctx, rtWait, func() bool { return d.RoutingTableSize() > 0 })
+}
+
+// pollUntil checks cond every 20 ms until it holds (true), or until
+// within has passed or ctx ended (false).
+func pollUntil(ctx context.Context, within time.Duration, cond func() bool) bool {
+	ctx, cancel := context.WithTimeout(ctx, within)
 	defer cancel()
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
-	for d.RoutingTableSize() == 0 {
+	for !cond() {
 		select {
 		case <-ctx.Done():
-			return
+			return false
 		case <-t.C:
 		}
 	}
+	return true
 }
 
 // local is the record this node stores for key, if any.

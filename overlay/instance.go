@@ -229,7 +229,7 @@ func (o *Overlay) askInstance(id peer.ID) error {
 	if err != nil {
 		return err
 	}
-	key := o.host.Peerstore().PubKey(o.host.ID())
+	key := o.cfg.Identity.GetPublic()
 	for _, f := range found {
 		p, err := parseInstanceProof(f.proof)
 		if err != nil || p.verify(key, ask) != nil || p.instance == o.instance.nonce {

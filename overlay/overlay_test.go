@@ -283,13 +283,7 @@ func TestLinkRekeysWhenPeerLostTheSession(t *testing.T) {
 			})
 			pa := a.peer(b.ID())
 			lost := pa.sendSession.Load()
-			b.mu.Lock()
-			for idx, e := range b.byIndex {
-				if e.peer.id == a.ID() {
-					delete(b.byIndex, idx)
-				}
-			}
-			b.mu.Unlock()
+			forgetSessions(b, a)
 			deadline := time.Now().Add(15 * time.Second)
 			for i := 0; ; i++ {
 				pkt := ipv4("10.128.0.1", "10.128.0.2", fmt.Sprint(i))
@@ -330,13 +324,7 @@ func TestDeafLinkConnectionClosed(t *testing.T) {
 		return pathTo(a, b.ID()) == PathStream && pathTo(b, a.ID()) == PathStream
 	})
 	b.Host().RemoveStreamHandler(linkProtocol)
-	b.mu.Lock()
-	for idx, e := range b.byIndex {
-		if e.peer.id == a.ID() {
-			delete(b.byIndex, idx)
-		}
-	}
-	b.mu.Unlock()
+	forgetSessions(b, a)
 	deadline := time.Now().Add(20 * time.Second)
 	for a.deafLinks.Load() == 0 {
 		if time.Now().After(deadline) {
@@ -358,6 +346,20 @@ func TestDeafLinkConnectionClosed(t *testing.T) {
 		}
 		if time.Now().After(deadline.Add(10 * time.Second)) {
 			t.Fatal("the link did not come back on a new connection")
+		}
+	}
+}
+
+// forgetSessions makes n drop its receiver indexes for sessions with
+// other: n no longer opens what other sends, as if it had lost those
+// sessions, though it still holds one to send with, and other still
+// holds its own.
+func forgetSessions(n, other *testNode) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for idx, e := range n.byIndex {
+		if e.peer.id == other.ID() {
+			delete(n.byIndex, idx)
 		}
 	}
 }
