@@ -39,6 +39,8 @@ const dhtWait = 15 * time.Second
 type leaseState struct {
 	mu  sync.Mutex
 	cur dhcp.Lease // zero until won, and after it is lost
+	// changed is closed, and replaced, when cur changes (LeaseWatch).
+	changed chan struct{}
 	// offers lists the addresses the DHCP server handed the VM, and
 	// when, so that an operator (or a test) can check that no address
 	// went to two VMs.
@@ -84,6 +86,18 @@ func (n *Node) Lease() (l dhcp.Lease, ok bool) {
 	n.lease.mu.Lock()
 	defer n.lease.mu.Unlock()
 	return n.lease.cur, n.lease.cur.IP.IsValid()
+}
+
+// LeaseWatch returns the VM's current lease (ok false while there is none)
+// and a channel that is closed when the lease next changes, so that a
+// service manager can be told when the VM's address is ready.
+func (n *Node) LeaseWatch() (l dhcp.Lease, ok bool, changed <-chan struct{}) {
+	n.lease.mu.Lock()
+	defer n.lease.mu.Unlock()
+	if n.lease.changed == nil {
+		n.lease.changed = make(chan struct{})
+	}
+	return n.lease.cur, n.lease.cur.IP.IsValid(), n.lease.changed
 }
 
 // leaseValidator is the DHT's check of lease records.
@@ -282,6 +296,10 @@ func (n *Node) leaseTime() time.Duration {
 func (n *Node) setLease(l dhcp.Lease) {
 	n.lease.mu.Lock()
 	n.lease.cur = l
+	if n.lease.changed != nil {
+		close(n.lease.changed)
+		n.lease.changed = nil
+	}
 	n.lease.mu.Unlock()
 	var addrs []netip.Addr
 	var pfx netip.Prefix

@@ -68,6 +68,14 @@ const usage = `usage:
 // usageError makes main exit with status 2.
 type usageError struct{ error }
 
+// Exit statuses other than 1. A service manager should not restart a node
+// that ended with either: the same config, or the same state directory,
+// would fail again (ringnet.service says RestartPreventExitStatus=2 3).
+const (
+	exitUsage = 2 // bad flags or config
+	exitClone = 3 // another live node holds this node's identity
+)
+
 func main() {
 	err := run(os.Args[1:], os.Stdout, os.Stderr)
 	if err == nil {
@@ -76,8 +84,11 @@ func main() {
 	fmt.Fprintf(os.Stderr, "ringnet: %v\n", err)
 	var ue usageError
 	var ce *node.ConfigError
-	if errors.As(err, &ue) || errors.As(err, &ce) {
-		os.Exit(2)
+	switch {
+	case errors.As(err, &ue) || errors.As(err, &ce):
+		os.Exit(exitUsage)
+	case errors.Is(err, overlay.ErrClone):
+		os.Exit(exitClone)
 	}
 	os.Exit(1)
 }
@@ -176,8 +187,14 @@ func up(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	notified := make(chan struct{})
+	go func() {
+		defer close(notified)
+		notifySystemd(n.Done(), n, log)
+	}()
 	<-n.Done()
 	log.Info("shutting down")
+	<-notified
 	n.Wait()
 	return n.Err()
 }
