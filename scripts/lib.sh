@@ -28,7 +28,8 @@ need_go() {
 install_tools() {
   local pair cmd missing=()
   for pair in ip:iproute2 nft:nftables ethtool:ethtool iperf3:iperf3 ping:iputils-ping \
-    udhcpc:udhcpc dhclient:isc-dhcp-client dhcpcd:dhcpcd-base nsenter:util-linux "$@"; do
+    udhcpc:udhcpc dhclient:isc-dhcp-client dhcpcd:dhcpcd-base nsenter:util-linux \
+    debootstrap:debootstrap systemd-nspawn:systemd-container "$@"; do
     cmd=${pair%%:*}
     case $cmd in
       /*) [ -e "$cmd" ] || missing+=("${pair#*:}") ;;

@@ -21,6 +21,9 @@ import (
 // helpers the tests run inside VMs (bench/cmd/xfer, bench/cmd/udpgso).
 var ringnetBin, xferBin, udpgsoBin string
 
+// workDir is TestMain's scratch directory, removed when the tests end.
+var workDir string
+
 func TestMain(m *testing.M) {
 	os.Exit(buildAndRun(m))
 }
@@ -32,6 +35,7 @@ func buildAndRun(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
+	workDir = dir
 	xferBin = filepath.Join(dir, "xfer")
 	udpgsoBin = filepath.Join(dir, "udpgso")
 	pkgs := []string{"github.com/ringnet/ringnet/bench/cmd/xfer", "github.com/ringnet/ringnet/bench/cmd/udpgso"}

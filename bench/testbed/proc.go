@@ -23,7 +23,7 @@ type Proc struct {
 	err  error // Wait's result; set before done is closed
 }
 
-// startProc starts args in namespace ns, in a process group of its own (so
+// startProc starts args in namespace ns (the host's if empty), in a process group of its own (so
 // a terminal's ^C reaches the test program only, which then stops the
 // process). Output goes to w, or to a buffer that Output returns if w is nil.
 func (b *Bed) startProc(ns string, w io.Writer, args ...string) (*Proc, error) {
@@ -32,9 +32,15 @@ func (b *Bed) startProc(ns string, w io.Writer, args ...string) (*Proc, error) {
 	if err := b.checkOpen(); err != nil {
 		return nil, err
 	}
-	cmd := exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...)
+	cmd := exec.Command(args[0], args[1:]...)
+	if ns != "" {
+		cmd = exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...)
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	p := &Proc{name: ns + ": " + strings.Join(args, " "), cmd: cmd, done: make(chan struct{})}
+	p := &Proc{name: strings.Join(args, " "), cmd: cmd, done: make(chan struct{})}
+	if ns != "" {
+		p.name = ns + ": " + p.name
+	}
 	if w == nil {
 		p.out = new(syncBuffer)
 		w = p.out

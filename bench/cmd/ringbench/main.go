@@ -51,9 +51,12 @@ func main() {
 	seed := flag.Uint64("seed", 1, "random seed of the simulated ring (ring)")
 	churnFor := flag.Duration("churn-for", 10*time.Minute, "how long nodes are killed and restarted (churn)")
 	idleSettle := flag.Duration("idle-settle", 4*time.Minute, "how long the ring settles before the idle window (idle): long enough for the DHT to converge after the boot")
+	image := flag.String("image", "", "directory of the appliance image (condor): built there unless a finished build is there; empty builds one in a temporary directory")
+	mirror := flag.String("mirror", "http://deb.debian.org/debian", "Debian mirror the appliance image is built from (condor)")
+	hold := flag.Duration("hold", 0, "keep the pools up this long after the measurements (condor)")
 	offloads := flag.Bool("offloads", true, "open the nodes' TAP devices with offloads (tap.offloads)")
 	flag.Usage = func() {
-		fmt.Fprintf(flag.CommandLine.Output(), "usage: ringbench [flags] BENCHMARK\n\nBenchmarks: throughput, peers, ring, migration, join, shortcut, idle, churn\n\nFlags:\n")
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: ringbench [flags] BENCHMARK\n\nBenchmarks: throughput, peers, ring, migration, join, shortcut, idle, churn, dhcp, condor\n\nFlags:\n")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
@@ -89,6 +92,8 @@ func main() {
 		err = churn(ctx, opts, base, 32, *churnFor)
 	case "dhcp":
 		err = dhcpBench(ctx, opts, base, 20, 32)
+	case "condor":
+		err = condorBench(ctx, opts, *image, *mirror, *hold)
 	default:
 		fmt.Fprintf(os.Stderr, "ringbench: no benchmark %q\n", name)
 		flag.Usage()
