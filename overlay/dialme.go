@@ -31,6 +31,10 @@ import (
 
 var errDialMe = errors.New("malformed dial-me")
 
+// maxDialFailed bounds the answerers a node remembers it could not reach:
+// a join asks past each of them.
+const maxDialFailed = 8
+
 func marshalDialMe(to peer.ID, ans *routing.ConnectToMe) ([]byte, error) {
 	b, err := ans.MarshalBinary()
 	if err != nil {
@@ -111,6 +115,11 @@ func (r *ringManager) onDialMe(rh routing.Header, body []byte) {
 	r.goDial(func() {
 		if err := r.dialAnswerer(r.o.ctx, m); err != nil {
 			r.counters.dialFailed.Add(1)
+			r.mu.Lock()
+			if len(r.dialFailed) < maxDialFailed {
+				r.dialFailed[m.Requester] = failedDial{at: time.Now(), addr: routing.AddrFromPeer(m.Requester)}
+			}
+			r.mu.Unlock()
 			r.o.log.Debug("dial-me: answerer not reached", "peer", m.Requester, "err", err)
 			return
 		}

@@ -80,6 +80,9 @@ const (
 	// half a minute). Three pings go unanswered before a link dies.
 	ringKeepalive = 4 * time.Second
 	linkTimeout   = 15 * time.Second
+	// dialFailedFor is how long an answerer that neither end could dial
+	// is left alone.
+	dialFailedFor = 10 * time.Second
 	// suspectAfter: a link not heard for this long missed a ping's
 	// answer; routes avoid it until it answers again.
 	suspectAfter = ringKeepalive + 2*time.Second
@@ -91,6 +94,13 @@ const (
 	ctlAnswer byte = 2 // a routing.ConnectToMe answering a request
 	ctlSTUN   byte = 3 // STUN credentials for the peer to use with this node (stun.go)
 )
+
+// failedDial is an answerer that this node could not reach, nor it this
+// node.
+type failedDial struct {
+	at   time.Time
+	addr routing.Addr
+}
 
 // request is a connect-to-me awaiting its answer.
 type request struct {
@@ -133,7 +143,10 @@ type ringManager struct {
 	since      map[peer.ID]time.Time
 	pending    map[pendingKey]request
 	answered   map[answerKey]time.Time
-	dialFailed map[peer.ID]time.Time
+	// dialFailed holds the answerers this node could not dial, nor they
+	// it (both behind NATs), for a while: near requests skip them, and a
+	// join asks past them.
+	dialFailed map[peer.ID]failedDial
 	boot       []peer.AddrInfo // remembered peers, then Config.Bootstrap
 	bootNext   int             // which bootstrap node to try next
 	saved      []peer.ID       // links when the peers file was last written
@@ -181,7 +194,7 @@ func newRingManager(o *Overlay) *ringManager {
 		since:      make(map[peer.ID]time.Time),
 		pending:    make(map[pendingKey]request),
 		answered:   make(map[answerKey]time.Time),
-		dialFailed: make(map[peer.ID]time.Time),
+		dialFailed: make(map[peer.ID]failedDial),
 		activity:   make(map[peer.ID]activity),
 		staleSent:  make(map[routing.Addr]time.Time),
 		shortcuts:  routing.NewShortcuts(shortcutPolicy(o.cfg.Shortcuts)),
@@ -367,8 +380,8 @@ func (r *ringManager) round(ctx context.Context) {
 			delete(r.answered, k)
 		}
 	}
-	for p, at := range r.dialFailed {
-		if now.Sub(at) > 10*time.Second {
+	for p, f := range r.dialFailed {
+		if now.Sub(f.at) > dialFailedFor {
 			delete(r.dialFailed, p)
 		}
 	}
@@ -391,6 +404,14 @@ func (r *ringManager) round(ctx context.Context) {
 		r.bootstrapLocked(ctx, now)
 	case !joined:
 		ask(routing.Near, self.Addr, 0) // join through the leaf link
+		// The nodes around this one's address answered, but neither end
+		// could dial the other (NATs on both sides): ask for the node
+		// past each, so that a reachable one links this node into the
+		// ring. Routing through it, and its neighbour lists, carry
+		// packets between this node and the unreachable ones.
+		for _, f := range r.dialFailed {
+			ask(routing.Near, f.addr.Past(self.Addr), 0)
+		}
 	default:
 		for _, m := range r.t.MissingNear() {
 			if _, failed := r.dialFailed[m.Peer]; !failed {

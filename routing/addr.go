@@ -113,6 +113,17 @@ func (a Addr) Sub(b Addr) Addr {
 	return Addr{hi: hi, mid: mid, lo: uint32(lo)}
 }
 
+// Past returns the address one step beyond a going away from self, the
+// shorter way round: asking for the node nearest it finds a's next
+// neighbour on that side (or a itself, where a has none).
+func (a Addr) Past(self Addr) Addr {
+	one := Addr{lo: 1}
+	if self.Clockwise(a).hi>>63 == 0 { // a is clockwise of self
+		return a.Add(one)
+	}
+	return a.Sub(one)
+}
+
 // Neg returns -a modulo 2^160.
 func (a Addr) Neg() Addr { return Addr{}.Sub(a) }
 

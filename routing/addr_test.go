@@ -80,3 +80,27 @@ func TestAddrFraction(t *testing.T) {
 		}
 	}
 }
+
+func TestPast(t *testing.T) {
+	one := Addr{lo: 1}
+	for _, tc := range []struct {
+		name    string
+		self, a Addr
+		want    Addr
+	}{
+		{"clockwise of self", AddrFromFraction(0.5), AddrFromFraction(0.6), AddrFromFraction(0.6).Add(one)},
+		{"anticlockwise of self", AddrFromFraction(0.5), AddrFromFraction(0.4), AddrFromFraction(0.4).Sub(one)},
+		{"clockwise across zero", AddrFromFraction(0.9), AddrFromFraction(0.1), AddrFromFraction(0.1).Add(one)},
+		{"anticlockwise across zero", AddrFromFraction(0.1), AddrFromFraction(0.9), AddrFromFraction(0.9).Sub(one)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := tc.a.Past(tc.self)
+			if got != tc.want {
+				t.Errorf("Past = %v, want %v", got, tc.want)
+			}
+			if !tc.self.Distance(tc.a).Less(tc.self.Distance(got)) {
+				t.Errorf("Past(%v) = %v is not farther from self", tc.a, got)
+			}
+		})
+	}
+}

@@ -4,11 +4,16 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/ringnet/ringnet/bench/testbed"
 	"github.com/ringnet/ringnet/node"
@@ -441,4 +446,165 @@ func TestChurn(t *testing.T) {
 	if res.Duplicates > 0 {
 		t.Errorf("%d pings were answered twice", res.Duplicates)
 	}
+}
+
+// TestJoinBetweenNATedNeighbours joins a node behind a NAT whose two ring
+// neighbours are behind NATs too: no end of either pair can dial the
+// other. The node must still join, through the reachable nodes past its
+// neighbours, and reach every VM and be reached. The identities are
+// chosen for that layout before the nodes start.
+func TestJoinBetweenNATedNeighbours(t *testing.T) {
+	ctx := t.Context()
+	bed := testbed.NewT(t, testbed.Options{RingnetPath: ringnetBin})
+	defer func() {
+		if t.Failed() {
+			bed.DumpLogs(30)
+		}
+	}()
+	core, err := bed.AddSite(ctx, "core", testbed.NATNone)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vms []*ringVM
+	add := func(site *testbed.Site, name, vip string) *ringVM {
+		vm, err := bed.AddVM(ctx, site, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v := &ringVM{vm: vm, vip: vip}
+		vms = append(vms, v)
+		return v
+	}
+	b0, p1 := add(core, "b0", "10.128.1.1"), add(core, "p1", "10.128.1.2")
+	var nated []*ringVM
+	for i := range 3 {
+		site, err := bed.AddSite(ctx, fmt.Sprintf("nat%d", i), testbed.NATCone)
+		if err != nil {
+			t.Fatal(err)
+		}
+		nated = append(nated, add(site, fmt.Sprintf("n%d", i), fmt.Sprintf("10.128.1.%d", 11+i)))
+	}
+	var public []routing.Addr
+	for _, v := range []*ringVM{b0, p1} {
+		id, err := v.vm.PeerID(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pid, err := peer.Decode(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		public = append(public, routing.AddrFromPeer(pid))
+	}
+	joiner := nated[1]
+	keys := natedBetweenNATed(t, public)
+	for i, v := range nated {
+		if err := writeIdentity(v.vm.StateDir(), keys[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The joiner last, once its neighbours are in the ring: linked to
+	// the public nodes (not to each other, which neither can dial).
+	startRing(t, node.Config{}, []*ringVM{b0, p1, nated[0], nated[2]})
+	waitFor(t, "the NATed neighbours to join", func() bool {
+		st, err := b0.vm.Status(ctx)
+		if err != nil {
+			return false
+		}
+		linked := 0
+		for _, l := range st.Ring.Links {
+			if (l.PeerID == nated[0].id || l.PeerID == nated[2].id) && strings.Contains(l.PeerKinds, "near") {
+				linked++
+			}
+		}
+		return linked == 2
+	})
+	boot, err := b0.vm.BootstrapAddr(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := joiner.vm.StartNode(ctx, node.Config{Bootstrap: []string{boot}, TAP: node.TAPConfig{Address: joiner.vip + "/16"}}); err != nil {
+		t.Fatal(err)
+	}
+	if joiner.id, err = joiner.vm.PeerID(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, other := range vms {
+		if other == joiner {
+			continue
+		}
+		for _, pair := range [][2]*ringVM{{joiner, other}, {other, joiner}} {
+			wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			err := pair[0].vm.WaitReachable(wctx, pair[1].vip)
+			cancel()
+			if err != nil {
+				t.Fatalf("%s -> %s: %v\n%s", pair[0].vip, pair[1].vip, err, describePeer(t, pair[0], pair[1]))
+			}
+		}
+	}
+	st, err := joiner.vm.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kinds []string
+	for _, l := range st.Ring.Links {
+		kinds = append(kinds, l.Kinds)
+	}
+	if !slices.ContainsFunc(kinds, func(k string) bool { return strings.Contains(k, "near") }) {
+		t.Errorf("the joiner's ring links are %v: it never joined", kinds)
+	}
+	t.Logf("joiner reached every VM, both ways, %v after it started; its links %v, counters: dial_failed=%d connect_sent=%d",
+		time.Since(start).Round(100*time.Millisecond), kinds, st.Ring.Counters["dial_failed"], st.Ring.Counters["connect_sent"])
+	if st.Ring.Counters["dial_failed"] == 0 {
+		t.Error("the joiner never failed to dial a NATed neighbour: the test did not set up what it tests")
+	}
+}
+
+// natedBetweenNATed returns three identity keys whose ring addresses,
+// among those and the public ones, put the second right between the first
+// and the third.
+func natedBetweenNATed(t *testing.T, public []routing.Addr) []crypto.PrivKey {
+	t.Helper()
+	for range 10000 {
+		keys := make([]crypto.PrivKey, 3)
+		addrs := make([]routing.Addr, 3)
+		for i := range keys {
+			k, _, err := crypto.GenerateEd25519Key(nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			id, err := peer.IDFromPrivateKey(k)
+			if err != nil {
+				t.Fatal(err)
+			}
+			keys[i], addrs[i] = k, routing.AddrFromPeer(id)
+		}
+		// Going clockwise from the joiner, the next node must be
+		// keys[2]'s, and going anticlockwise keys[0]'s.
+		next, prev := true, true
+		for _, a := range append(public, addrs[0], addrs[2]) {
+			if addrs[1].Clockwise(a).Less(addrs[1].Clockwise(addrs[2])) {
+				next = false
+			}
+			if a.Clockwise(addrs[1]).Less(addrs[0].Clockwise(addrs[1])) {
+				prev = false
+			}
+		}
+		if next && prev {
+			return keys
+		}
+	}
+	t.Fatal("no layout found")
+	return nil
+}
+
+// writeIdentity installs key as the node identity in a state directory,
+// as `ringnet id` would have made it.
+func writeIdentity(stateDir string, key crypto.PrivKey) error {
+	b, err := crypto.MarshalPrivateKey(key)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(stateDir, "identity.key"), b, 0o600)
 }
