@@ -185,14 +185,14 @@ func TestClonedVMRefused(t *testing.T) {
 	if i < 0 {
 		t.Fatalf("the clone exited (start: %v) without saying it is a clone:\n%s", startErr, log)
 	}
-	// It exited with an error status, seen by StartNode if it went
-	// before it answered status.
+	// It exited with status 3, the one a service manager must not
+	// restart on, seen by StartNode if it went before it answered status.
 	if startErr != nil {
-		if !strings.Contains(startErr.Error(), "exit status 1") {
-			t.Errorf("the clone did not exit with status 1: %v", startErr)
+		if !strings.Contains(startErr.Error(), "exit status 3") {
+			t.Errorf("the clone did not exit with status 3: %v", startErr)
 		}
-	} else if _, err := clone.NodeExit(); err == nil {
-		t.Error("the clone exited with status 0, want an error status")
+	} else if _, err := clone.NodeExit(); err == nil || !strings.Contains(err.Error(), "exit status 3") {
+		t.Errorf("the clone exited with %v, want exit status 3", err)
 	}
 	line := string(log[i:])
 	line = line[:strings.IndexByte(line+"\n", '\n')]
