@@ -134,15 +134,15 @@ type ringManager struct {
 	wakeCh chan struct{}
 	dials  chan struct{} // semaphore for answering dials
 
-	mu         sync.Mutex
-	t          *routing.Table
-	rng        *rand.Rand
-	seq        uint64
-	told       map[peer.ID]told
-	heard      map[peer.ID]uint64 // newest list seq from each link
-	since      map[peer.ID]time.Time
-	pending    map[pendingKey]request
-	answered   map[answerKey]time.Time
+	mu       sync.Mutex
+	t        *routing.Table
+	rng      *rand.Rand
+	seq      uint64
+	told     map[peer.ID]told
+	heard    map[peer.ID]uint64 // newest list seq from each link
+	since    map[peer.ID]time.Time
+	pending  map[pendingKey]request
+	answered map[answerKey]time.Time
 	// dialFailed holds the answerers this node could not dial, nor they
 	// it (both behind NATs), for a while: near requests skip them, and a
 	// join asks past them.
