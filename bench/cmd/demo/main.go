@@ -34,9 +34,17 @@ type member struct {
 func main() {
 	ringnet := flag.String("ringnet", "ringnet", "path of the ringnet binary")
 	runID := flag.String("run-id", "", "prefix of every namespace the demo makes (default: random)")
+	condor := flag.Bool("condor", false, "instead: boot two HTCondor pools of appliance VMs and flock between them")
+	image := flag.String("image", "", "directory of the appliance image (-condor): built there unless a finished build is there")
+	mirror := flag.String("mirror", "http://deb.debian.org/debian", "Debian mirror for the appliance image (-condor)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, *ringnet, *runID)
+	var err error
+	if *condor {
+		err = condorDemo(ctx, *ringnet, *runID, *image, *mirror)
+	} else {
+		err = run(ctx, *ringnet, *runID)
+	}
 	stop()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "demo: %v\n", err)
