@@ -43,10 +43,7 @@ func applianceImage(t *testing.T) string {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 		defer cancel()
 		start := time.Now()
-		imageErr = testbed.BuildImage(ctx, imageDir, mirror, testbed.ImageFiles{
-			Unit:    "../../docs/appliance/ringnet.service",
-			Network: "../../docs/appliance/ringnet0.network",
-		}, t.Logf)
+		imageErr = testbed.BuildImage(ctx, imageDir, mirror, testbed.RepoImageFiles("../.."), t.Logf)
 		t.Logf("image ready in %v", time.Since(start).Round(time.Second))
 	})
 	if imageErr != nil {

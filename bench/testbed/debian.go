@@ -109,3 +109,30 @@ func installImageFiles(ctx context.Context, dir string, files ImageFiles) error 
 	_, err := run(ctx, "", "chroot", dir, "systemctl", "enable", "ringnet.service", "systemd-networkd.service")
 	return err
 }
+
+// RepoImageFiles are the image files in the repository whose root is repo.
+func RepoImageFiles(repo string) ImageFiles {
+	return ImageFiles{
+		Unit:    filepath.Join(repo, "docs/appliance/ringnet.service"),
+		Network: filepath.Join(repo, "docs/appliance/ringnet0.network"),
+	}
+}
+
+// PrepareImage builds the image with repo's files into dir (or uses the
+// finished build there), or, with dir empty, into a temporary directory
+// that remove deletes; remove is never nil.
+func PrepareImage(ctx context.Context, dir, mirror, repo string, logf func(string, ...any)) (root string, remove func(), err error) {
+	remove = func() {}
+	if dir == "" {
+		tmp, err := os.MkdirTemp("", "ringnet-image-")
+		if err != nil {
+			return "", remove, err
+		}
+		remove = func() { os.RemoveAll(tmp) }
+		dir = filepath.Join(tmp, "root")
+	}
+	if err := BuildImage(ctx, dir, mirror, RepoImageFiles(repo), logf); err != nil {
+		return "", remove, err
+	}
+	return dir, remove, nil
+}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -15,20 +14,10 @@ import (
 // it, as docs/appliance.md and docs/condor.md describe, then runs jobs in
 // the first pool and flocks the second pool's jobs to it.
 func condorDemo(ctx context.Context, ringnet, runID, image, mirror string) error {
-	if image == "" {
-		dir, err := os.MkdirTemp("", "ringnet-image-")
-		if err != nil {
-			return err
-		}
-		defer os.RemoveAll(dir)
-		image = filepath.Join(dir, "root")
-	}
 	say("Building an appliance image (docs/appliance.md): Debian 13 with systemd, HTCondor,")
 	say("ringnet.service and systemd-networkd configuring ringnet0 by DHCP. About a minute.")
-	err := testbed.BuildImage(ctx, image, mirror, testbed.ImageFiles{
-		Unit:    "docs/appliance/ringnet.service",
-		Network: "docs/appliance/ringnet0.network",
-	}, func(format string, args ...any) { say("  "+format, args...) })
+	image, remove, err := testbed.PrepareImage(ctx, image, mirror, ".", func(format string, args ...any) { say("  "+format, args...) })
+	defer remove()
 	if err != nil {
 		return err
 	}

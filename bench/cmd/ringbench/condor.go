@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/ringnet/ringnet/bench/testbed"
@@ -24,19 +22,9 @@ import (
 //
 // With hold, the pools stay up that long afterwards, for a look inside.
 func condorBench(ctx context.Context, opts testbed.Options, image, mirror string, hold time.Duration) error {
-	if image == "" {
-		dir, err := os.MkdirTemp("", "ringnet-image-")
-		if err != nil {
-			return err
-		}
-		defer os.RemoveAll(dir)
-		image = filepath.Join(dir, "root")
-	}
 	start := time.Now()
-	err := testbed.BuildImage(ctx, image, mirror, testbed.ImageFiles{
-		Unit:    "docs/appliance/ringnet.service",
-		Network: "docs/appliance/ringnet0.network",
-	}, opts.Logf)
+	image, remove, err := testbed.PrepareImage(ctx, image, mirror, ".", opts.Logf)
+	defer remove()
 	if err != nil {
 		return err
 	}
