@@ -47,15 +47,20 @@ func marshalDialMe(to peer.ID, ans *routing.ConnectToMe) ([]byte, error) {
 }
 
 func parseDialMe(b []byte) (peer.ID, *routing.ConnectToMe, error) {
-	if len(b) < 1 || len(b) < 1+int(b[0]) || b[0] == 0 {
+	if len(b) < 1 {
 		return "", nil, errDialMe
 	}
-	to, err := peer.IDFromBytes(b[1 : 1+b[0]])
+	// An int: 1+b[0] as a byte wraps to 0 for 255.
+	n := int(b[0])
+	if n == 0 || len(b) < 1+n {
+		return "", nil, errDialMe
+	}
+	to, err := peer.IDFromBytes(b[1 : 1+n])
 	if err != nil {
 		return "", nil, fmt.Errorf("%w: %v", errDialMe, err)
 	}
 	var m routing.ConnectToMe
-	if err := m.UnmarshalBinary(b[1+b[0]:]); err != nil {
+	if err := m.UnmarshalBinary(b[1+n:]); err != nil {
 		return "", nil, err
 	}
 	return to, &m, nil

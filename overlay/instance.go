@@ -131,11 +131,15 @@ func parseFound(b []byte) ([]otherInstance, error) {
 	b = b[1:]
 	var out []otherInstance
 	for range n {
-		if len(b) < 1 || len(b) < 1+int(b[0])+2 {
+		if len(b) < 1 {
 			return nil, errInstanceMsg
 		}
-		addr := string(b[1 : 1+b[0]])
-		b = b[1+b[0]:]
+		al := int(b[0]) // an int: 1+b[0] as a byte wraps to 0 for 255
+		if len(b) < 1+al+2 {
+			return nil, errInstanceMsg
+		}
+		addr := string(b[1 : 1+al])
+		b = b[1+al:]
 		pl := int(binary.BigEndian.Uint16(b))
 		if len(b) < 2+pl {
 			return nil, errInstanceMsg

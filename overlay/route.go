@@ -391,16 +391,21 @@ func (p *Peer) initiateRing() error {
 
 // ringHandshake handles a hello that came over the ring.
 func (o *Overlay) ringHandshake(rh routing.Header, body []byte) {
-	if len(body) < 1 || len(body) < 1+int(body[0]) {
+	if len(body) < 1 {
 		o.drops.badHandshake.Add(1)
 		return
 	}
-	id, err := peer.IDFromBytes(body[1 : 1+body[0]])
+	n := int(body[0]) // an int: 1+body[0] as a byte wraps to 0 for 255
+	if len(body) < 1+n {
+		o.drops.badHandshake.Add(1)
+		return
+	}
+	id, err := peer.IDFromBytes(body[1 : 1+n])
 	if err != nil || routing.AddrFromPeer(id) != rh.Src || id == o.host.ID() || o.refusedPeer(id) {
 		o.drops.badHandshake.Add(1)
 		return
 	}
-	h, err := parseHello(body[1+body[0]:])
+	h, err := parseHello(body[1+n:])
 	if err != nil {
 		o.drops.badHandshake.Add(1)
 		return

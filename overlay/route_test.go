@@ -170,6 +170,18 @@ func FuzzRouted(f *testing.F) {
 	})
 }
 
+// TestRingHandshakeLengthByte: a routed hello whose peer ID length byte
+// is 255 is dropped, not a panic (1+255 must not wrap to 0 as a byte).
+func TestRingHandshakeLengthByte(t *testing.T) {
+	n := newTestNode(t, "10.128.0.9", 0)
+	body := append([]byte{255}, make([]byte, 300)...)
+	before := n.drops.badHandshake.Load()
+	n.ringHandshake(routing.Header{TTL: 3}, body)
+	if n.drops.badHandshake.Load() != before+1 {
+		t.Fatal("the hello was not counted as a bad handshake")
+	}
+}
+
 // TestRelayCannotUnwrapRingDatagrams has b take the end-to-end datagram
 // out of a routed one and hand it to c as if a had sent it directly: c
 // must refuse it, and must not move a's endpoint to b.
