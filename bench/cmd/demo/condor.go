@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
-	"os"
 	"strings"
 	"time"
 
@@ -21,20 +19,11 @@ func condorDemo(ctx context.Context, ringnet, runID, image, mirror string) error
 	if err != nil {
 		return err
 	}
-	bed, err := testbed.New(ctx, testbed.Options{
-		RingnetPath: ringnet,
-		RunID:       runID,
-		Logf:        func(format string, args ...any) { fmt.Fprintf(os.Stderr, format+"\n", args...) },
-	})
+	bed, err := newBed(ctx, ringnet, runID)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		fmt.Println("\nCleaning up: shutting the VMs down and deleting the namespaces.")
-		if err := bed.Close(); err != nil {
-			fmt.Fprintf(os.Stderr, "demo: clean up: %v\n", err)
-		}
-	}()
+	defer closeBed(bed, "shutting the VMs down")
 
 	say("\nBooting five VMs from that one image, at once, at four sites (three behind NATs),")
 	say("with one seed config: the same enrollment keys and bootstrap address for all; the")

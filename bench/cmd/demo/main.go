@@ -52,21 +52,29 @@ func main() {
 	}
 }
 
-func run(ctx context.Context, ringnet, runID string) error {
-	bed, err := testbed.New(ctx, testbed.Options{
+// newBed makes the demo's test bed, whose log lines go to stderr.
+func newBed(ctx context.Context, ringnet, runID string) (*testbed.Bed, error) {
+	return testbed.New(ctx, testbed.Options{
 		RingnetPath: ringnet,
 		RunID:       runID,
 		Logf:        func(format string, args ...any) { fmt.Fprintf(os.Stderr, format+"\n", args...) },
 	})
+}
+
+// closeBed says what it removes, then removes it.
+func closeBed(bed *testbed.Bed, what string) {
+	fmt.Printf("\nCleaning up: %s and deleting the namespaces.\n", what)
+	if err := bed.Close(); err != nil {
+		fmt.Fprintf(os.Stderr, "demo: clean up: %v\n", err)
+	}
+}
+
+func run(ctx context.Context, ringnet, runID string) error {
+	bed, err := newBed(ctx, ringnet, runID)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		fmt.Println("\nCleaning up: stopping the nodes and deleting the namespaces.")
-		if err := bed.Close(); err != nil {
-			fmt.Fprintf(os.Stderr, "demo: clean up: %v\n", err)
-		}
-	}()
+	defer closeBed(bed, "stopping the nodes")
 	members := []*member{
 		{name: "alice", site: "paris", vip: "10.128.0.1"},
 		{name: "bob", site: "tokyo", vip: "10.128.0.2"},
