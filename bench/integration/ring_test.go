@@ -338,16 +338,7 @@ func ringBehindNAT(t *testing.T, kind testbed.NATKind, mapping string) {
 	startRing(t, node.Config{}, vms)
 	_, took := waitRingConsistent(t, vms, 60*time.Second)
 	t.Logf("7 public nodes and 1 behind a %v NAT: ring consistent %v after the last start", kind, took.Round(100*time.Millisecond))
-	for _, other := range vms[:7] {
-		for _, pair := range [][2]*ringVM{{nat, other}, {other, nat}} {
-			wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-			err := pair[0].vm.WaitReachable(wctx, pair[1].vip)
-			cancel()
-			if err != nil {
-				t.Fatalf("%s -> %s: %v\n%s", pair[0].vip, pair[1].vip, err, describePeer(t, pair[0], pair[1]))
-			}
-		}
-	}
+	waitReachableBothWays(t, nat, vms[:7], 20*time.Second)
 	var dialMe uint64
 	for _, v := range vms[:7] {
 		if s, err := v.vm.Status(ctx); err == nil {
@@ -530,19 +521,7 @@ func TestJoinBetweenNATedNeighbours(t *testing.T) {
 	if joiner.id, err = joiner.vm.PeerID(ctx); err != nil {
 		t.Fatal(err)
 	}
-	for _, other := range vms {
-		if other == joiner {
-			continue
-		}
-		for _, pair := range [][2]*ringVM{{joiner, other}, {other, joiner}} {
-			wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-			err := pair[0].vm.WaitReachable(wctx, pair[1].vip)
-			cancel()
-			if err != nil {
-				t.Fatalf("%s -> %s: %v\n%s", pair[0].vip, pair[1].vip, err, describePeer(t, pair[0], pair[1]))
-			}
-		}
-	}
+	waitReachableBothWays(t, joiner, vms, 30*time.Second)
 	st, err := joiner.vm.Status(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -607,4 +586,25 @@ func writeIdentity(stateDir string, key crypto.PrivKey) error {
 		return err
 	}
 	return os.WriteFile(filepath.Join(stateDir, "identity.key"), b, 0o600)
+}
+
+// waitReachableBothWays waits until v and each of the others (v itself
+// skipped) reach each other's virtual address, each way within the time
+// given, and fails the test with both ends' view of the link if one
+// does not.
+func waitReachableBothWays(t *testing.T, v *ringVM, others []*ringVM, within time.Duration) {
+	t.Helper()
+	for _, other := range others {
+		if other == v {
+			continue
+		}
+		for _, pair := range [][2]*ringVM{{v, other}, {other, v}} {
+			ctx, cancel := context.WithTimeout(t.Context(), within)
+			err := pair[0].vm.WaitReachable(ctx, pair[1].vip)
+			cancel()
+			if err != nil {
+				t.Fatalf("%s -> %s: %v\n%s", pair[0].vip, pair[1].vip, err, describePeer(t, pair[0], pair[1]))
+			}
+		}
+	}
 }
