@@ -312,3 +312,29 @@ func FuzzInstanceMsgs(f *testing.F) {
 		}
 	})
 }
+
+// FuzzReceive feeds arbitrary datagrams to a node's receive path, over
+// UDP and over the stream from a peer it knows: nothing may panic, and
+// lost-session notices stay within their rate limit.
+func FuzzReceive(f *testing.F) {
+	a := newTestNode(f, "10.128.0.1", 0)
+	b := newTestNode(f, "10.128.0.2", 0)
+	sender := a.peer(b.ID())
+	rx := a.cfg.NewReceiver()
+	lost := make([]byte, HeaderLen+TagLen)
+	header{typ: typeLost, receiver: 7}.put(lost)
+	unknown := make([]byte, HeaderLen+40+TagLen)
+	header{typ: typeData, receiver: 7}.put(unknown)
+	for _, seed := range [][]byte{lost, unknown, {1, 11, 0, 0}, make([]byte, HeaderLen+TagLen)} {
+		f.Add(seed, false)
+		f.Add(seed, true)
+	}
+	from := netip.MustParseAddrPort("127.0.0.1:9")
+	f.Fuzz(func(t *testing.T, dgram []byte, stream bool) {
+		if stream {
+			a.receive(rx, dgram, PathStream, netip.AddrPort{}, sender)
+		} else {
+			a.receive(rx, dgram, PathUDP, from, nil)
+		}
+	})
+}

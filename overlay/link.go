@@ -168,6 +168,8 @@ type Peer struct {
 	// answer that it can open what we send. p.mu.
 	lastAnswer time.Time
 
+	lostToldAt atomic.Int64 // when we last told the peer it sent under a session we lost (unix ns)
+
 	lastPunch                   time.Time        // p.mu
 	punchCands                  []netip.AddrPort // p.mu: where the peer said it may be reached
 	punchesSent, punchesRefused atomic.Uint64

@@ -143,6 +143,7 @@ type Overlay struct {
 	drops     dropCounters
 	forwarded atomic.Uint64 // routed datagrams passed on
 	deafLinks atomic.Uint64 // link connections closed for unanswered pings
+	lost      lostNotices
 
 	ringAddr  routing.Addr
 	routeBufs sync.Pool

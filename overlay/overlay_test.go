@@ -264,9 +264,9 @@ func TestRekeyKeepsTrafficFlowing(t *testing.T) {
 
 // TestLinkRekeysWhenPeerLostTheSession: b no longer knows the session a
 // sends under (a handshake race, or a restart, left the two ends with
-// different sessions), though both still have one. a, sending and
-// hearing nothing back, handshakes again, and packets flow: on the UDP
-// path, and on the stream path, where no change of path prompts it.
+// different sessions), though both still have one. b tells a so, and a
+// handshakes again, and packets flow: on the UDP path, and on the stream
+// path, where no change of path prompts it.
 func TestLinkRekeysWhenPeerLostTheSession(t *testing.T) {
 	for _, path := range []Path{PathUDP, PathStream} {
 		t.Run(path.String(), func(t *testing.T) {
@@ -295,6 +295,10 @@ func TestLinkRekeysWhenPeerLostTheSession(t *testing.T) {
 					}
 					if pa.sendSession.Load() == lost {
 						t.Fatal("delivered under the session b lost")
+					}
+					if b.lost.told.Load() == 0 || a.lost.heard.Load() == 0 {
+						t.Errorf("b told a of the lost session %d times, a heard it %d times",
+							b.lost.told.Load(), a.lost.heard.Load())
 					}
 					t.Logf("delivered again after %d packets; b dropped %d as from no session it knows",
 						i+1, b.drops.unknownPeer.Load())

@@ -61,12 +61,21 @@ func (o *Overlay) receive(rx Receiver, dgram []byte, via Path, from netip.AddrPo
 		o.drops.malformed.Add(1)
 		return
 	}
+	if h.typ == typeLost {
+		o.onLost(h.receiver, via, from, sender)
+		return
+	}
 	p, s := o.session(h.receiver)
 	// No session yet (a handshake in progress) counts as unknown too, and
 	// so does an end-to-end session of the ring on a link, except for the
 	// direct UDP path hole punching made for it.
 	if s == nil || (s.viaRing && (h.typ == typeRoute || via != PathUDP || !p.punchedFrom(from))) || (sender != nil && p != sender) {
 		o.drops.unknownPeer.Add(1)
+		if p == nil {
+			// Not even reserved for a handshake: the sender holds a
+			// session we lost.
+			o.tellLost(h.receiver, via, from, sender)
+		}
 		return
 	}
 	if h.typ == typeRoute {

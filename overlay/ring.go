@@ -1132,6 +1132,8 @@ func (o *Overlay) Ring() (st RingStatus, ok bool) {
 		"stale_hints":         c.staleHints.Load(),
 		"forwarded":           r.o.forwarded.Load(),
 		"deaf_links_closed":   r.o.deafLinks.Load(),
+		"lost_sessions_told":  r.o.lost.told.Load(),
+		"lost_sessions_heard": r.o.lost.heard.Load(),
 		"clone_checks_served": r.o.instance.asks.Load(),
 		"clone_probes":        r.o.instance.probes.Load(),
 		"clones_found":        r.o.instance.found.Load(),

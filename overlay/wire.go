@@ -39,6 +39,10 @@ const (
 	// typePunch carries a node's UDP candidates for hole punching, end to
 	// end under a session over the ring (punch.go).
 	typePunch byte = 9
+	// typeLost tells a peer that no session here has the receiver index
+	// its datagram named: a bare header, padded to the shortest datagram
+	// and not sealed (lost.go).
+	typeLost byte = 11
 )
 
 const pingLen = 16 // probe id (8) and send time (8)
@@ -79,7 +83,7 @@ func parseHeader(b []byte) (header, error) {
 		counter:  binary.BigEndian.Uint64(b[8:16]),
 	}
 	switch h.typ {
-	case typeData, typePing, typePong, typeRoute, typePunch:
+	case typeData, typePing, typePong, typeRoute, typePunch, typeLost:
 	default:
 		return header{}, fmt.Errorf("%w %d", errType, h.typ)
 	}

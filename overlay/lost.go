@@ -1,0 +1,134 @@
+package overlay
+
+import (
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// A node that gets a datagram naming a link session it does not hold (it
+// dropped the session when it stopped wanting the link, it restarted, or
+// the last message of a handshake went astray) tells the sender, which
+// then handshakes again, or falls back to the ring, at once: otherwise it
+// would send into the void until its pings time out, seconds later.
+//
+// The notice is a bare datagram header of type typeLost naming the index
+// the sender used, padded to the shortest datagram. Over the stream the
+// connection authenticates it; over UDP it is unauthenticated and taken
+// only from the address the peer's datagrams come from. All it can make a
+// node do is handshake again, as with the ring's stale-session hints, and
+// it is never larger than the datagram that caused it, so it cannot
+// amplify anything.
+
+const (
+	// lostEvery is how often one peer or address may be told.
+	lostEvery = time.Second
+	// lostPerSecond bounds the notices a node sends in all.
+	lostPerSecond = 64
+)
+
+// lostNotices rate-limits the notices a node sends and counts them.
+type lostNotices struct {
+	told, heard atomic.Uint64
+
+	mu          sync.Mutex
+	sent        map[netip.AddrPort]time.Time // UDP sources told, by address
+	windowStart time.Time
+	inWindow    int
+}
+
+// allow reports whether a notice may go to key (the UDP source, or the
+// zero address for a peer on the stream, whose own clock is checked by
+// the caller) now, and records it.
+func (l *lostNotices) allow(key netip.AddrPort, now time.Time) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if now.Sub(l.windowStart) >= time.Second {
+		l.windowStart, l.inWindow = now, 0
+	}
+	if l.inWindow >= lostPerSecond {
+		return false
+	}
+	if key.IsValid() {
+		if at, ok := l.sent[key]; ok && now.Sub(at) < lostEvery {
+			return false
+		}
+		if l.sent == nil || len(l.sent) >= 1024 {
+			l.sent = make(map[netip.AddrPort]time.Time)
+		}
+		l.sent[key] = now
+	}
+	l.inWindow++
+	return true
+}
+
+// tellLost tells whoever sent a datagram naming idx, an index this node
+// does not hold, that the session is gone: the authenticated peer it came
+// from over the stream, or its source address over UDP.
+func (o *Overlay) tellLost(idx uint32, via Path, from netip.AddrPort, sender *Peer) {
+	now := time.Now()
+	switch {
+	case via == PathStream && sender != nil:
+		last := sender.lostToldAt.Load()
+		if now.UnixNano()-last < int64(lostEvery) || !sender.lostToldAt.CompareAndSwap(last, now.UnixNano()) {
+			return
+		}
+		if !o.lost.allow(netip.AddrPort{}, now) {
+			return
+		}
+	case via == PathUDP && from.IsValid():
+		if !o.lost.allow(from, now) {
+			return
+		}
+	default:
+		return
+	}
+	var buf [HeaderLen + TagLen]byte
+	header{typ: typeLost, receiver: idx}.put(buf[:])
+	var err error
+	if via == PathStream {
+		err = sender.stream.send(buf[:])
+	} else {
+		_, err = o.udp.WriteToUDPAddrPort(buf[:], from)
+	}
+	if err != nil {
+		o.log.Debug("lost-session notice not sent", "via", via, "err", err)
+		return
+	}
+	o.lost.told.Add(1)
+}
+
+// onLost handles a notice that the peer holds no session with index idx,
+// ours for it. When that is the link session we send under, the link
+// handshakes again, or, where we may not handshake on it (a link the peer
+// started that neither ring nor configuration keeps), drops its sessions
+// so that the ring carries the packets.
+func (o *Overlay) onLost(idx uint32, via Path, from netip.AddrPort, sender *Peer) {
+	p := sender
+	if via == PathUDP {
+		p = nil
+		for _, q := range o.peerList() {
+			if s := q.sendSession.Load(); s != nil && s.remoteIndex == idx {
+				if ep := q.endpoint.Load(); ep != nil && *ep == from {
+					p = q
+				}
+				break
+			}
+		}
+	}
+	if p == nil {
+		return
+	}
+	s := p.sendSession.Load()
+	if s == nil || s.viaRing || s.remoteIndex != idx {
+		return
+	}
+	o.lost.heard.Add(1)
+	if o.ring == nil || p.isStatic() || p.ringLink.Load() {
+		p.requestRekey("peer lost the session")
+		return
+	}
+	o.log.Debug("peer lost a link session we may not renew; falling back to the ring", "peer", p.id)
+	p.dropLinkSessions()
+}
