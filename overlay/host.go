@@ -14,6 +14,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/metrics"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/p2p/muxer/yamux"
 	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
 	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 	noise "github.com/libp2p/go-libp2p/p2p/security/noise"
@@ -34,12 +35,22 @@ func newHost(key crypto.PrivKey, listen []string, g *gater, bw *metrics.Bandwidt
 	if err != nil {
 		return nil, fmt.Errorf("connection manager: %w", err)
 	}
+	// yamux pings every connection twice a minute from each end (a
+	// keepalive when it is quiet, and a round-trip measurement), which on
+	// an idle node costs more than all of the ring's own keepalives. The
+	// ring pings its links over UDP itself and closes a link it stops
+	// hearing (ringKeepalive, linkTimeout); other connections fail when
+	// used, and the DHT's timeouts cover that.
+	mux := *yamux.DefaultTransport
+	mux.EnableKeepAlive = false
+	mux.MeasureRTTInterval = 10 * time.Minute
 	h, err := libp2p.New(
 		libp2p.Identity(key),
 		libp2p.ListenAddrStrings(listen...),
 		libp2p.Transport(tcp.NewTCPTransport),
 		libp2p.Transport(quic.NewTransport),
 		libp2p.Security(noise.ID, noise.New),
+		libp2p.Muxer(yamux.ID, &mux),
 		libp2p.ConnectionManager(cm),
 		libp2p.DisableRelay(),
 		libp2p.DisableMetrics(),
