@@ -57,6 +57,9 @@ const (
 	udpTimeout  = pingInterval + 10*time.Second
 	sendTimeout = 5 * time.Second
 	quietAfter  = 2 * time.Second
+	// probeGrace is how long a probe may take to be answered before an
+	// old round trip counts against the path.
+	probeGrace = time.Second
 	// deafLinkTimeout is how long a link may go unanswered while we send,
 	// a handshake tried in between, before its connection is closed.
 	deafLinkTimeout  = 8 * time.Second
@@ -143,6 +146,12 @@ type Peer struct {
 	// udpDownAt is when the link last left UDP: only a round trip after
 	// it brings the link back, so that a one-way failure cannot flap.
 	udpDownAt time.Time
+	// probeSince and udpProbeSince are when the first ping since the
+	// last answer (over any path) or the last UDP round trip went out;
+	// zero while none is outstanding. A link fails for want of answers
+	// only to pings it sent: after a quiet spell on our side the last
+	// answer may be old because there was nothing to ask.
+	probeSince, udpProbeSince time.Time
 	// ringTrip is when a ping over the ring was last answered: until then
 	// the peer may not hold our newest keys yet, so we keep pinging.
 	ringTrip      time.Time
@@ -163,10 +172,6 @@ type Peer struct {
 	firstRingTx, directAt atomic.Int64
 	lastRx                uint64    // rxPackets+rxControl at the last tick; p.mu
 	lastHeard             time.Time // when that sum last moved; p.mu
-	// lastAnswer is when a ping of ours was last answered, on any path:
-	// hearing the peer shows only that we can open what it sends, an
-	// answer that it can open what we send. p.mu.
-	lastAnswer time.Time
 
 	lostToldAt atomic.Int64 // when we last told the peer it sent under a session we lost (unix ns)
 
@@ -380,9 +385,9 @@ func (p *Peer) silentLocked(now time.Time) bool {
 }
 
 // unanswered returns how long we have been sending to the peer under a
-// link session without an answer to our pings: since the last answer or
-// since the session began, whichever is later (0 when we are not
-// sending, or not on a link session).
+// link session without an answer to our pings: since the first ping after
+// the last answer or since the session began, whichever is later (0 when
+// we are not sending, not on a link session, or no ping is outstanding).
 func (p *Peer) unanswered(now time.Time) time.Duration {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -390,10 +395,10 @@ func (p *Peer) unanswered(now time.Time) time.Duration {
 		p.lastTx, p.lastTxChange = tx, now
 	}
 	s := p.current
-	if now.Sub(p.lastTxChange) >= quietAfter || s == nil || s.viaRing {
+	if now.Sub(p.lastTxChange) >= quietAfter || s == nil || s.viaRing || p.probeSince.IsZero() {
 		return 0
 	}
-	return now.Sub(later(p.lastAnswer, s.created))
+	return now.Sub(later(p.probeSince, s.created))
 }
 
 func later(a, b time.Time) time.Time {
@@ -430,8 +435,15 @@ func (p *Peer) punchedUp(now time.Time) bool {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	return p.udpConfirmed(now) && !p.udpFailing(now)
+}
+
+// udpFailing reports whether UDP stopped answering while we send: no round
+// trip for sendTimeout, and a probe out for probeGrace; p.mu is held.
+func (p *Peer) udpFailing(now time.Time) bool {
 	sending := now.Sub(p.lastTxChange) < quietAfter
-	return p.udpConfirmed(now) && !(sending && now.Sub(p.roundTrip) >= sendTimeout)
+	return sending && now.Sub(p.roundTrip) >= sendTimeout &&
+		!p.udpProbeSince.IsZero() && now.Sub(p.udpProbeSince) >= probeGrace
 }
 
 // dropDirect moves the peer's packets back to the ring: its punched
@@ -567,6 +579,12 @@ func (p *Peer) ping(now time.Time) {
 		return
 	}
 	p.lastPing = now
+	if p.probeSince.IsZero() {
+		p.probeSince = now
+	}
+	if !overRing && p.udpProbeSince.IsZero() {
+		p.udpProbeSince = now
+	}
 	var idb [8]byte
 	rand.Read(idb[:])
 	id := binary.BigEndian.Uint64(idb[:])
@@ -605,7 +623,9 @@ func (p *Peer) pong(payload []byte, via Path) {
 		return
 	}
 	delete(p.pendingProbes, id)
-	p.lastAnswer = now
+	// An answer, on any path, shows that the peer can open what we send
+	// (hearing it shows only the reverse).
+	p.probeSince = time.Time{}
 	if rtt := now.Sub(sent); rtt >= 0 && rtt < time.Minute {
 		p.rtt = rtt
 	}
@@ -621,6 +641,7 @@ func (p *Peer) pong(payload []byte, via Path) {
 func (p *Peer) tripLocked(now time.Time) {
 	was := p.udpConfirmed(now)
 	p.roundTrip = now
+	p.udpProbeSince = time.Time{}
 	if !was {
 		p.wake() // switch to UDP without waiting for the tick
 	}
@@ -639,8 +660,7 @@ func (p *Peer) updatePath(now time.Time, connected bool) {
 	if tx := p.txPackets.Load(); tx != p.lastTx {
 		p.lastTx, p.lastTxChange = tx, now
 	}
-	sending := now.Sub(p.lastTxChange) < quietAfter
-	udpOK := p.udpConfirmed(now) && !(sending && now.Sub(p.roundTrip) >= sendTimeout)
+	udpOK := p.udpConfirmed(now) && !p.udpFailing(now)
 	p.mu.Unlock()
 	next := PathNone
 	switch s := p.sendSession.Load(); {

@@ -354,6 +354,54 @@ func TestDeafLinkConnectionClosed(t *testing.T) {
 	}
 }
 
+// TestLinkKeepsUDPWhenSendingResumes: a link whose last round trip is long
+// past, because the peer talked and we had nothing to ask, stays on UDP
+// and keeps its session when we begin to send: an old round trip counts
+// against the path only once a probe has gone unanswered.
+func TestLinkKeepsUDPWhenSendingResumes(t *testing.T) {
+	a := newTestNode(t, "10.128.0.1", 0)
+	b := newTestNode(t, "10.128.0.2", 0)
+	link(t, a, b)
+	pa := a.peer(b.ID())
+	current := func() *session {
+		pa.mu.Lock()
+		defer pa.mu.Unlock()
+		return pa.current
+	}
+	// The handshakes of both ends settle: the session holds for 3 s.
+	for stable, last := 0, current(); stable < 3; stable++ {
+		time.Sleep(time.Second)
+		if s := current(); s != last {
+			stable, last = -1, s
+		}
+	}
+	pa.mu.Lock()
+	// As if the last round trip were 20 s ago, when UDP came up.
+	pa.roundTrip = time.Now().Add(-20 * time.Second)
+	pa.udpDownAt = pa.roundTrip.Add(-time.Second)
+	pa.probeSince, pa.udpProbeSince = time.Time{}, time.Time{}
+	sess := pa.current
+	pa.mu.Unlock()
+	for i := range 30 {
+		pkt := ipv4("10.128.0.1", "10.128.0.2", fmt.Sprint(i))
+		sendPacket(t, a, pkt)
+		expectPacket(t, b, pkt)
+		if path := pathTo(a, b.ID()); path != PathUDP {
+			t.Fatalf("after %d packets the path is %v", i+1, path)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	pa.mu.Lock()
+	rekeyed, trip := pa.current != sess, time.Since(pa.roundTrip)
+	pa.mu.Unlock()
+	if rekeyed {
+		t.Error("the link rekeyed")
+	}
+	if trip > 4*time.Second {
+		t.Errorf("last round trip %v ago: the link did not probe once it sent", trip.Round(time.Millisecond))
+	}
+}
+
 // forgetSessions makes n drop its receiver indexes for sessions with
 // other: n no longer opens what other sends, as if it had lost those
 // sessions, though it still holds one to send with, and other still
