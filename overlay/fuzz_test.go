@@ -251,6 +251,9 @@ func FuzzDialMe(f *testing.F) {
 	id, _ := peer.IDFromPrivateKey(key)
 	ans := routing.ConnectToMe{Kind: routing.Near, TTL: 1, Requester: id, Addr: routing.AddrFromPeer(id),
 		Target: routing.AddrFromPeer(id), Endpoints: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.1:4150")}}
+	if err := ans.Sign(key); err != nil {
+		f.Fatal(err)
+	}
 	b, err := marshalDialMe(id, &ans)
 	if err != nil {
 		f.Fatal(err)

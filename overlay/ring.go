@@ -549,6 +549,9 @@ func (r *ringManager) connectToMe(kind routing.Kind, target routing.Addr) ([]byt
 		leaf := r.t.Links()[0]
 		m.Relay = routing.Neighbour{Peer: leaf.Peer, Addr: leaf.Addr}
 	}
+	if err := m.Sign(r.o.cfg.Identity); err != nil {
+		return nil, err
+	}
 	return m.MarshalBinary()
 }
 
@@ -902,6 +905,10 @@ func (r *ringManager) onConnect(rh routing.Header, m *routing.ConnectToMe, neare
 		Kind: m.Kind, TTL: 1, Requester: self.Peer, Addr: self.Addr, Target: m.Target,
 		Endpoints: r.endpoints(),
 	}
+	if err := answer.Sign(r.o.cfg.Identity); err != nil {
+		r.o.log.Warn("connect-to-me answer not signed", "err", err)
+		return
+	}
 	r.goDial(func() {
 		if err := r.answer(m, &answer); err != nil {
 			r.counters.dialFailed.Add(1)
@@ -1151,6 +1158,7 @@ func (o *Overlay) Ring() (st RingStatus, ok bool) {
 		"bad_version":         r.drops.Version.Load(),
 		"ttl_zero":            r.drops.TTL.Load(),
 		"too_many":            r.drops.TooMany.Load(),
+		"bad_signature":       r.drops.Signature.Load(),
 		"wrong_ring_address":  r.drops.Addr.Load(),
 	}
 	r.vips.counters(st.Counters)

@@ -164,17 +164,23 @@ func TestRingRefusesLyingControlMessages(t *testing.T) {
 	lyingEntry[len(lyingEntry)-1] ^= 1 // the neighbour's ring address
 	answer := routing.ConnectToMe{Kind: routing.Far, TTL: 1, Requester: liar.ID(), Addr: routing.AddrFromPeer(liar.ID()),
 		Target: routing.AddrFromPeer(other.ID())}
+	if err := answer.Sign(liar.cfg.Identity); err != nil {
+		t.Fatal(err)
+	}
 	unasked, err := answer.MarshalBinary()
 	if err != nil {
 		t.Fatal(err)
 	}
+	forged := append([]byte(nil), unasked...)
+	forged[len(forged)-1] ^= 1 // the signature
 
 	send(ctlList, list(other.ID())) // sent by liar, claims to be other
 	send(ctlList, lyingEntry)
 	send(ctlList, []byte{1, 2, 3})
 	send(9, nil)
 	send(ctlAnswer, unasked)
-	want := map[string]uint64{"lying": 1, "wrong_ring_address": 1, "malformed": 2, "answers_unsolicited": 1}
+	send(ctlAnswer, forged)
+	want := map[string]uint64{"lying": 1, "wrong_ring_address": 1, "malformed": 2, "answers_unsolicited": 1, "bad_signature": 1}
 	waitFor(t, "every message counted", func() bool {
 		st, _ := n.Ring()
 		for k, v := range want {

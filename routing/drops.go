@@ -9,7 +9,7 @@ import (
 // by cause. The overlay keeps one and feeds it every Unmarshal error; the
 // zero value is ready, and it is safe for concurrent use.
 type Drops struct {
-	Malformed, Version, TTL, TooMany, Addr atomic.Uint64
+	Malformed, Version, TTL, TooMany, Addr, Signature atomic.Uint64
 }
 
 // Count counts err, an error from an Unmarshal method, under its cause.
@@ -24,6 +24,8 @@ func (d *Drops) Count(err error) {
 		d.TooMany.Add(1)
 	case errors.Is(err, ErrAddr):
 		d.Addr.Add(1)
+	case errors.Is(err, ErrSignature):
+		d.Signature.Add(1)
 	default:
 		d.Malformed.Add(1)
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 
+	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
 )
 
@@ -16,7 +17,8 @@ import (
 // big-endian; a peer ID is a length byte and its bytes.
 //
 //	ConnectToMe   version kind ttl id addr(20) target(20) n (ip-len ip port(2))×n relay
-//	              (relay: 0, or id addr(20))
+//	              sig-len sig
+//	              (relay: 0, or id addr(20); sig: the requester's signature)
 //	NeighbourList version kinds seq(8) id addr(20) n (id addr(20))×n
 //	Header        version ttl src(20) dst(20)
 const (
@@ -41,7 +43,15 @@ var (
 	ErrTTL       = errors.New("TTL zero")
 	ErrTooMany   = errors.New("list too long")
 	ErrAddr      = errors.New("ring address does not match peer ID")
+	ErrSignature = errors.New("bad signature")
 )
+
+// connectContext prefixes what a connect-to-me signature covers, so that
+// no other message signed with a node's identity key can pass for one.
+const connectContext = "ringnet connect-to-me v1\x00"
+
+// maxSigLen bounds a signature: Ed25519's is 64 bytes, ECDSA's at most 72.
+const maxSigLen = 128
 
 // ConnectToMe asks the node(s) nearest Target to link to Requester: routed
 // over the ring, it is how a node joins (Target is its own address, Kind
@@ -57,6 +67,10 @@ type ConnectToMe struct {
 	// cannot dial Requester (a NAT in the way) sends it a dial-me through
 	// Relay. A joining node names its bootstrap node.
 	Relay Neighbour
+	// Sig is Requester's signature over the rest of the message (Sign):
+	// without it any node could have others dial, or punch towards,
+	// addresses of its choosing in another node's name.
+	Sig []byte
 }
 
 // NeighbourList is what a node tells each of its links: why it keeps the
@@ -188,8 +202,54 @@ func checkPeer(id peer.ID, a Addr) error {
 	return nil
 }
 
-// MarshalBinary encodes the request.
+// MarshalBinary encodes the request, which must be signed.
 func (m *ConnectToMe) MarshalBinary() ([]byte, error) {
+	b, err := m.appendUnsigned(nil)
+	if err != nil {
+		return nil, err
+	}
+	if len(m.Sig) == 0 || len(m.Sig) > maxSigLen {
+		return nil, fmt.Errorf("connect-to-me: %w: %d bytes", ErrSignature, len(m.Sig))
+	}
+	b = append(b, byte(len(m.Sig)))
+	return append(b, m.Sig...), nil
+}
+
+// Sign signs the request with the requester's identity key.
+func (m *ConnectToMe) Sign(key crypto.PrivKey) error {
+	if id, err := peer.IDFromPrivateKey(key); err != nil || id != m.Requester {
+		return fmt.Errorf("connect-to-me: %w: the key is not %s's", ErrSignature, m.Requester)
+	}
+	b, err := m.appendUnsigned([]byte(connectContext))
+	if err != nil {
+		return err
+	}
+	sig, err := key.Sign(b)
+	if err != nil {
+		return fmt.Errorf("connect-to-me: sign: %w", err)
+	}
+	m.Sig = sig
+	return nil
+}
+
+// verify checks Sig against the public key Requester's ID embeds.
+func (m *ConnectToMe) verify() error {
+	pub, err := m.Requester.ExtractPublicKey()
+	if err != nil {
+		return fmt.Errorf("%w: no public key in %s: %v", ErrSignature, m.Requester, err)
+	}
+	b, err := m.appendUnsigned([]byte(connectContext))
+	if err != nil {
+		return err
+	}
+	if ok, err := pub.Verify(b, m.Sig); err != nil || !ok {
+		return fmt.Errorf("%w from %s", ErrSignature, m.Requester)
+	}
+	return nil
+}
+
+// appendUnsigned appends the request without its signature to b.
+func (m *ConnectToMe) appendUnsigned(b []byte) ([]byte, error) {
 	switch {
 	case m.Kind != Near && m.Kind != Far && m.Kind != Shortcut:
 		return nil, fmt.Errorf("connect-to-me: %w: kind %v", ErrMalformed, m.Kind)
@@ -201,7 +261,7 @@ func (m *ConnectToMe) MarshalBinary() ([]byte, error) {
 	if err := checkPeer(m.Requester, m.Addr); err != nil {
 		return nil, fmt.Errorf("connect-to-me: %w", err)
 	}
-	b := []byte{Version, byte(m.Kind), m.TTL}
+	b = append(b, Version, byte(m.Kind), m.TTL)
 	b = appendPeer(b, m.Requester, m.Addr)
 	b = m.Target.AppendBytes(b)
 	b = append(b, byte(len(m.Endpoints)))
@@ -227,7 +287,7 @@ func (m *ConnectToMe) MarshalBinary() ([]byte, error) {
 	return appendPeer(b, m.Relay.Peer, m.Relay.Addr), nil
 }
 
-// UnmarshalBinary decodes and validates a request.
+// UnmarshalBinary decodes and validates a request, its signature included.
 func (m *ConnectToMe) UnmarshalBinary(b []byte) error {
 	r := reader{b: b}
 	r.version()
@@ -257,10 +317,19 @@ func (m *ConnectToMe) UnmarshalBinary(b []byte) error {
 	} else {
 		relay.Peer, relay.Addr = r.peer()
 	}
+	n := int(r.byte())
+	if r.err == nil && (n == 0 || n > maxSigLen) {
+		r.fail(fmt.Errorf("%w: signature of %d bytes", ErrMalformed, n))
+	}
+	sig := r.bytes(n)
 	if err := r.end(); err != nil {
 		return fmt.Errorf("connect-to-me: %w", err)
 	}
-	*m = ConnectToMe{Kind: kind, TTL: ttl, Requester: id, Addr: a, Target: target, Endpoints: eps, Relay: relay}
+	got := ConnectToMe{Kind: kind, TTL: ttl, Requester: id, Addr: a, Target: target, Endpoints: eps, Relay: relay, Sig: sig}
+	if err := got.verify(); err != nil {
+		return fmt.Errorf("connect-to-me: %w", err)
+	}
+	*m = got
 	return nil
 }
 

@@ -5,10 +5,28 @@ import (
 	"errors"
 	"net/netip"
 	"testing"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
 )
 
-func validCTM() *ConnectToMe {
-	id := testID(1)
+// testKey returns a fixed Ed25519 identity key: seed picks which.
+func testKey(t testing.TB, seed byte) (crypto.PrivKey, peer.ID) {
+	t.Helper()
+	key, _, err := crypto.GenerateEd25519Key(bytes.NewReader(bytes.Repeat([]byte{seed}, 32)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := peer.IDFromPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key, id
+}
+
+// unsignedCTM is a valid request but for its signature.
+func unsignedCTM(t testing.TB) (*ConnectToMe, crypto.PrivKey) {
+	key, id := testKey(t, 1)
 	return &ConnectToMe{
 		Kind: Near, TTL: 32, Requester: id, Addr: AddrFromPeer(id), Target: AddrFromPeer(id),
 		Endpoints: []netip.AddrPort{
@@ -16,7 +34,21 @@ func validCTM() *ConnectToMe {
 			netip.MustParseAddrPort("[2001:db8::1]:4151"),
 			netip.MustParseAddrPort("[::ffff:192.0.2.2]:1"),
 		},
+	}, key
+}
+
+// signed signs m with key.
+func signed(t testing.TB, m *ConnectToMe, key crypto.PrivKey) *ConnectToMe {
+	t.Helper()
+	if err := m.Sign(key); err != nil {
+		t.Fatal(err)
 	}
+	return m
+}
+
+func validCTM(t testing.TB) *ConnectToMe {
+	m, key := unsignedCTM(t)
+	return signed(t, m, key)
 }
 
 func validList(n int) *NeighbourList {
@@ -39,7 +71,8 @@ func mustMarshal(t testing.TB, m interface{ MarshalBinary() ([]byte, error) }) [
 }
 
 func TestWireRoundTrip(t *testing.T) {
-	ctm := validCTM()
+	ctm, key := unsignedCTM(t)
+	signed(t, ctm, key)
 	var ctm2 ConnectToMe
 	if err := ctm2.UnmarshalBinary(mustMarshal(t, ctm)); err != nil {
 		t.Fatal(err)
@@ -48,6 +81,7 @@ func TestWireRoundTrip(t *testing.T) {
 		t.Fatalf("connect-to-me round trip: %+v != %+v", ctm2, *ctm)
 	}
 	ctm.Relay = Neighbour{Peer: testID(5), Addr: AddrFromPeer(testID(5))}
+	signed(t, ctm, key)
 	if err := ctm2.UnmarshalBinary(mustMarshal(t, ctm)); err != nil || ctm2.Relay != ctm.Relay {
 		t.Fatalf("connect-to-me with a relay: %+v, %v", ctm2.Relay, err)
 	}
@@ -74,9 +108,9 @@ func TestWireRoundTrip(t *testing.T) {
 }
 
 func TestWireRejects(t *testing.T) {
-	lying := validCTM()
+	lying := validCTM(t)
 	lying.Addr = AddrFromPeer(testID(2)) // another node's address
-	lyingBytes := mustMarshal(t, validCTM())
+	lyingBytes := mustMarshal(t, validCTM(t))
 	copy(lyingBytes[3+1+len(lying.Requester):], lying.Addr.AppendBytes(nil))
 
 	listLie := mustMarshal(t, validList(3))
@@ -89,7 +123,7 @@ func TestWireRejects(t *testing.T) {
 	last := validList(1).Neighbours[0]
 	b = appendPeer(b, last.Peer, last.Addr)
 
-	ctm := mustMarshal(t, validCTM())
+	ctm := mustMarshal(t, validCTM(t))
 	ttl0 := bytes.Clone(ctm)
 	ttl0[2] = 0
 	v2 := bytes.Clone(ctm)
@@ -97,19 +131,32 @@ func TestWireRejects(t *testing.T) {
 	kind := bytes.Clone(ctm)
 	kind[1] = byte(Leaf)
 
-	eps := validCTM()
-	for len(eps.Endpoints) <= MaxEndpoints {
+	eps, key := unsignedCTM(t)
+	for len(eps.Endpoints) < MaxEndpoints {
 		eps.Endpoints = append(eps.Endpoints, eps.Endpoints[0])
 	}
-	eps.Endpoints = eps.Endpoints[:MaxEndpoints]
-	manyEps := mustMarshal(t, eps)
+	manyEps := mustMarshal(t, signed(t, eps, key))
 	manyEps[3+1+len(eps.Requester)+2*AddrLen] = MaxEndpoints + 1
-	manyEps = append(manyEps[:len(manyEps)-1], 4, 192, 0, 2, 9, 0, 1, 0)
 
-	relayed := validCTM()
+	relayed, key := unsignedCTM(t)
 	relayed.Relay = Neighbour{Peer: testID(5), Addr: AddrFromPeer(testID(5))}
-	relayLie := mustMarshal(t, relayed)
-	relayLie[len(relayLie)-1] ^= 1
+	relayLie := mustMarshal(t, signed(t, relayed, key))
+	relayLie[len(relayLie)-1-1-len(relayed.Sig)] ^= 1 // the relay's address
+
+	forged := bytes.Clone(ctm)
+	forged[len(forged)-1] ^= 1 // the signature
+	moved := bytes.Clone(ctm)
+	moved[3+1+len(lying.Requester)+2*AddrLen+2] ^= 1 // the first endpoint, after signing
+	other, otherKey := unsignedCTM(t)
+	_, otherID := testKey(t, 2)
+	other.Requester, other.Addr = otherID, AddrFromPeer(otherID)
+	if err := other.Sign(otherKey); !errors.Is(err, ErrSignature) {
+		t.Fatalf("signing with another node's key: %v", err)
+	}
+	other.Sig = validCTM(t).Sig // the first node's signature, on a request in the second's name
+	impostor := mustMarshal(t, other)
+	unsigned := bytes.Clone(ctm)
+	unsigned = append(unsigned[:len(unsigned)-1-len(lying.Sig)], 0)
 
 	badKinds := mustMarshal(t, validList(1))
 	badKinds[1] = 0x80
@@ -133,6 +180,10 @@ func TestWireRejects(t *testing.T) {
 		{"ctm: the relay's address lies", &ConnectToMe{}, relayLie, ErrAddr},
 		{"ctm: trailing bytes", &ConnectToMe{}, append(bytes.Clone(ctm), 0), ErrMalformed},
 		{"ctm: empty", &ConnectToMe{}, nil, ErrMalformed},
+		{"ctm: signature altered", &ConnectToMe{}, forged, ErrSignature},
+		{"ctm: endpoint altered after signing", &ConnectToMe{}, moved, ErrSignature},
+		{"ctm: signed by another node", &ConnectToMe{}, impostor, ErrSignature},
+		{"ctm: no signature", &ConnectToMe{}, unsigned, ErrMalformed},
 		{"list: a neighbour's address lies", &NeighbourList{}, listLie, ErrAddr},
 		{"list: too long", &NeighbourList{}, b, ErrTooMany},
 		{"list: unknown kind", &NeighbourList{}, badKinds, ErrMalformed},
@@ -149,22 +200,25 @@ func TestWireRejects(t *testing.T) {
 			drops.Count(err)
 		})
 	}
-	if got := drops.Addr.Load() + drops.TTL.Load() + drops.Version.Load() + drops.TooMany.Load() + drops.Malformed.Load(); got != uint64(len(tests)) {
+	if got := drops.Addr.Load() + drops.TTL.Load() + drops.Version.Load() + drops.TooMany.Load() + drops.Malformed.Load() + drops.Signature.Load(); got != uint64(len(tests)) {
 		t.Errorf("counted %d drops, want %d", got, len(tests))
 	}
-	if drops.Addr.Load() != 3 || drops.TTL.Load() != 2 || drops.TooMany.Load() != 2 {
-		t.Errorf("drops by cause: addr %d ttl %d too many %d", drops.Addr.Load(), drops.TTL.Load(), drops.TooMany.Load())
+	if drops.Addr.Load() != 3 || drops.TTL.Load() != 2 || drops.TooMany.Load() != 2 || drops.Signature.Load() != 3 {
+		t.Errorf("drops by cause: addr %d ttl %d too many %d signature %d",
+			drops.Addr.Load(), drops.TTL.Load(), drops.TooMany.Load(), drops.Signature.Load())
 	}
 }
 
 func TestWireMarshalRefuses(t *testing.T) {
-	lie := validCTM()
+	lie := validCTM(t)
 	lie.Addr = at(1)
-	ttl := validCTM()
+	ttl := validCTM(t)
 	ttl.TTL = 0
-	zone := validCTM()
+	zone := validCTM(t)
 	zone.Endpoints = []netip.AddrPort{netip.MustParseAddrPort("[fe80::1%eth0]:1")}
+	unsigned, _ := unsignedCTM(t)
 	for name, m := range map[string]interface{ MarshalBinary() ([]byte, error) }{
+		"unsigned":       unsigned,
 		"lying address":  lie,
 		"TTL zero":       ttl,
 		"zoned endpoint": zone,
@@ -181,7 +235,7 @@ func TestWireMarshalRefuses(t *testing.T) {
 // canonical: it marshals back to exactly the bytes it came from.
 
 func FuzzConnectToMe(f *testing.F) {
-	f.Add(mustMarshal(f, validCTM()))
+	f.Add(mustMarshal(f, validCTM(f)))
 	f.Add([]byte{Version, byte(Far), 1})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var m ConnectToMe
