@@ -166,6 +166,7 @@ func (n *Node) Status() Status {
 		},
 		Drops:          n.ov.Drops(),
 		ControlTraffic: n.ov.ControlTraffic(),
+		Memory:         memoryStatus(),
 		Peers:          []PeerStatus{},
 	}
 	st.Lease.Counters["dht_invalid"] = n.lease.invalid.Load()

@@ -25,6 +25,7 @@ type Status struct {
 	// since the node started, both ways, by libp2p protocol, without
 	// transport framing.
 	ControlTraffic map[string]uint64 `json:"control_traffic"`
+	Memory         MemoryStatus      `json:"memory"`
 }
 
 // LeaseStatus is the VM's lease in the DHT, and how addresses resolve.

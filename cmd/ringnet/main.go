@@ -295,6 +295,10 @@ func printStatus(w io.Writer, st *node.Status) {
 	for _, a := range st.Addresses {
 		fmt.Fprintf(w, "listening:   %s\n", a)
 	}
+	m := st.Memory
+	mib := func(b uint64) float64 { return float64(b) / (1 << 20) }
+	fmt.Fprintf(w, "memory:      heap %.1f MiB live, %.1f free; stacks %.1f MiB (%d goroutines); runtime %.1f MiB\n",
+		mib(m.HeapLive+m.HeapUnused), mib(m.HeapFree), mib(m.Stacks), m.Goroutines, mib(m.Runtime))
 	r := st.Ring
 	if r.Addr != "" {
 		fmt.Fprintf(w, "ring:        address %s, about %.0f nodes, far links %d of %d\n",

@@ -97,6 +97,7 @@ func idle(ctx context.Context, opts testbed.Options, base node.Config, n int, se
 		minLinks(ctx, vms), maxLinks(ctx, vms), len(st.Ring.Links))
 	fmt.Printf("  RSS MiB:            median %.1f, max %.1f (median anonymous %.1f, file-backed %.1f)\n",
 		median(rss), slices.Max(rss), median(anon), median(file))
+	printMemory(ctx, vms)
 	fmt.Printf("  CPU %% of a core:    median %.3f, max %.3f\n", median(cpu), slices.Max(cpu))
 	fmt.Printf("  uplink bytes/s:     median %.0f, max %.0f\n", median(traffic), slices.Max(traffic))
 	fmt.Printf("  per node (B/s):    ")
@@ -120,6 +121,29 @@ func idle(ctx context.Context, opts testbed.Options, base node.Config, n int, se
 	fmt.Println()
 	fmt.Printf("idle: rss_mib=%.1f cpu_pct=%.3f control_bytes_per_s=%.0f\n", median(rss), median(cpu), median(traffic))
 	return nil
+}
+
+// printMemory prints the median of the nodes' own account of their
+// anonymous memory: heap, stacks, the runtime's bookkeeping.
+func printMemory(ctx context.Context, vms []*testbed.VM) {
+	var live, free, stacks, rt, gor []float64
+	for _, vm := range vms {
+		st, err := vm.Status(ctx)
+		if err != nil {
+			continue
+		}
+		m := st.Memory
+		live = append(live, float64(m.HeapLive+m.HeapUnused)/(1<<20))
+		free = append(free, float64(m.HeapFree)/(1<<20))
+		stacks = append(stacks, float64(m.Stacks)/(1<<20))
+		rt = append(rt, float64(m.Runtime)/(1<<20))
+		gor = append(gor, float64(m.Goroutines))
+	}
+	if len(live) == 0 {
+		return
+	}
+	fmt.Printf("  Go runtime MiB:     median heap %.1f live, %.1f free; stacks %.1f (%.0f goroutines); runtime %.1f\n",
+		median(live), median(free), median(stacks), median(gor), median(rt))
 }
 
 // controlTraffic sums the nodes' control stream bytes by protocol.
