@@ -541,3 +541,33 @@ func TestSendQueueBatchesToSeveralPeers(t *testing.T) {
 		t.Fatalf("sendmmsg calls = %d, want the 10 datagrams in 1", n)
 	}
 }
+
+// TestIdleDataStreamClosed: a data stream that carried nothing for a while
+// is given up, and the next datagram opens another and arrives.
+func TestIdleDataStreamClosed(t *testing.T) {
+	a := newTestNode(t, "10.128.0.1", 0)
+	b := newTestNode(t, "10.128.0.2", 0)
+	link(t, a, b)
+	s := newStreamSender(a.Overlay, b.ID())
+	s.idleAfter = 200 * time.Millisecond
+	running := func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.running
+	}
+	pa := a.peer(b.ID())
+	for i := range 2 {
+		pkt := ipv4("10.128.0.1", "10.128.0.2", fmt.Sprint("over a new stream ", i))
+		buf := make([]byte, HeaderLen+len(pkt)+TagLen)
+		copy(buf[HeaderLen:], pkt)
+		dgram, ok := pa.sendSession.Load().seal(typeData, buf, len(pkt))
+		if !ok {
+			t.Fatal("seal refused")
+		}
+		if err := s.send(dgram); err != nil {
+			t.Fatal(err)
+		}
+		expectPacket(t, b, pkt)
+		waitFor(t, "the idle stream given up", func() bool { return !running() })
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/netip"
 	"sync"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -22,10 +23,23 @@ import (
 // one slow peer cannot stall the node's sending to others.
 const streamQueueLen = 512
 
+// streamIdle is how long an outgoing data stream may carry nothing before
+// it is closed. Every link starts on the stream and most move to UDP
+// within milliseconds; an idle stream would keep a goroutine and a buffer
+// at each end for the life of the link. The next datagram opens another.
+const streamIdle = 30 * time.Second
+
+// streamReadBuf is the read buffer of an incoming data stream: small,
+// since yamux buffers the stream already; it is there so that the
+// receiver can tell when nothing more is waiting and flush.
+const streamReadBuf = 4 << 10
+
 // streamSender owns the outgoing data stream to one peer.
 type streamSender struct {
 	o  *Overlay
 	id peer.ID
+
+	idleAfter time.Duration // streamIdle; shorter in tests
 
 	mu      sync.Mutex
 	queue   chan []byte
@@ -34,7 +48,7 @@ type streamSender struct {
 }
 
 func newStreamSender(o *Overlay, id peer.ID) *streamSender {
-	return &streamSender{o: o, id: id, queue: make(chan []byte, streamQueueLen)}
+	return &streamSender{o: o, id: id, idleAfter: streamIdle, queue: make(chan []byte, streamQueueLen)}
 }
 
 // send queues a copy of dgram, starting the writer if needed.
@@ -66,13 +80,17 @@ var (
 	errLinkClosed      = errors.New("link closed")
 )
 
-// write drains the queue into one stream until the stream fails or the
-// overlay stops; the next send starts a new stream.
+// write drains the queue into one stream until the stream fails, stays
+// idle for streamIdle, or the overlay stops; the next send starts a new
+// stream.
 func (s *streamSender) write() {
+	idleExit := false
 	defer func() {
-		s.mu.Lock()
-		s.running = false
-		s.mu.Unlock()
+		if !idleExit {
+			s.mu.Lock()
+			s.running = false
+			s.mu.Unlock()
+		}
 	}()
 	ctx, cancel := context.WithTimeout(s.o.ctx, dialTimeout)
 	st, err := s.o.host.NewStream(ctx, s.id, dataProtocol)
@@ -84,10 +102,23 @@ func (s *streamSender) write() {
 	}
 	defer st.Close()
 	w := bufio.NewWriterSize(st, 64<<10)
+	idle := time.NewTimer(s.idleAfter)
+	defer idle.Stop()
 	for {
 		select {
 		case <-s.o.ctx.Done():
 			return
+		case <-idle.C:
+			// Give up the stream unless a datagram came in meanwhile:
+			// under s.mu no send can queue one unseen.
+			s.mu.Lock()
+			if len(s.queue) == 0 {
+				s.running, idleExit = false, true
+				s.mu.Unlock()
+				return
+			}
+			s.mu.Unlock()
+			idle.Reset(s.idleAfter)
 		case d := <-s.queue:
 			if err := writeFrame(w, d); err != nil {
 				st.Reset()
@@ -100,6 +131,7 @@ func (s *streamSender) write() {
 					st.Reset()
 					return
 				}
+				idle.Reset(s.idleAfter)
 			}
 		}
 	}
@@ -138,8 +170,7 @@ func (o *Overlay) handleDataStream(st network.Stream) {
 	defer st.Close()
 	p := o.peer(st.Conn().RemotePeer())
 	rx := o.cfg.NewReceiver()
-	r := bufio.NewReaderSize(st, 64<<10)
-	buf := make([]byte, maxDatagram)
+	r := bufio.NewReaderSize(st, streamReadBuf)
 	var l [2]byte
 	for {
 		if _, err := io.ReadFull(r, l[:]); err != nil {
@@ -151,10 +182,16 @@ func (o *Overlay) handleDataStream(st network.Stream) {
 			st.Reset()
 			return
 		}
+		// The datagram buffer is held only while a datagram is read and
+		// handled, not while the stream waits.
+		bp := o.routeBufs.Get().(*[]byte)
+		buf := *bp
 		if _, err := io.ReadFull(r, buf[:n]); err != nil {
+			o.routeBufs.Put(bp)
 			return
 		}
 		o.receive(rx, buf[:n], PathStream, netip.AddrPort{}, p)
+		o.routeBufs.Put(bp)
 		if r.Buffered() == 0 {
 			rx.Flush()
 		}
