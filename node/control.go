@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime/pprof"
 	"time"
 
 	"github.com/ringnet/ringnet/overlay"
@@ -63,6 +64,17 @@ func (c *controlServer) handle(status func() Status, leases func(context.Context
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
 		enc.Encode(status())
+	})
+	// The runtime's profiles (heap, allocs, goroutine, ...), for `go tool
+	// pprof`: what a node's memory and goroutines are made of.
+	mux.HandleFunc("GET /debug/pprof/{name}", func(w http.ResponseWriter, r *http.Request) {
+		p := pprof.Lookup(r.PathValue("name"))
+		if p == nil {
+			http.Error(w, "no such profile", http.StatusNotFound)
+			return
+		}
+		w.Header().Set("Content-Type", "application/octet-stream")
+		p.WriteTo(w, 0)
 	})
 	c.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 }

@@ -1,11 +1,13 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"testing"
 	"time"
@@ -207,6 +209,29 @@ func TestControlSocketServesStatus(t *testing.T) {
 	}
 	if st.PeerID != a.ID().String() || st.VirtualIP != "10.128.0.1" || st.Subnet != "10.128.0.0/16" || st.TAP.MTU != 1440 {
 		t.Fatalf("status: %+v", st)
+	}
+	if st.Memory.HeapLive == 0 || st.Memory.Goroutines == 0 {
+		t.Errorf("status without memory: %+v", st.Memory)
+	}
+	client := &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", ControlSocketIn(a.dir))
+		},
+	}}
+	for path, want := range map[string]int{"heap": http.StatusOK, "goroutine": http.StatusOK, "nonesuch": http.StatusNotFound} {
+		resp, err := client.Get("http://ringnet/debug/pprof/" + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("%s profile: %s", path, resp.Status)
+		}
+		if want == http.StatusOK && !bytes.HasPrefix(b, []byte{0x1f, 0x8b}) {
+			t.Errorf("%s profile is not a gzipped pprof profile: %.16x", path, b)
+		}
 	}
 	cancel()
 	a.Wait()
