@@ -429,6 +429,8 @@ func TestChurn(t *testing.T) {
 	}
 	t.Logf("churn: %d kills, %d restarts; %d of %d pings between live nodes delivered (%.1f%%), %d duplicated",
 		res.Kills, res.Restarts, res.Delivered, res.Pings, res.DeliveredPct(), res.Duplicates)
+	t.Logf("lost: %d where one end had started within 20 s, %d between older nodes; %d between a pair with none delivered since both started",
+		res.LostYoung, res.LostOld, res.LostFresh)
 	_, took := waitRingConsistent(t, vms, 60*time.Second)
 	t.Logf("ring consistent %v after the churn ended", took.Round(100*time.Millisecond))
 	if res.Pings < 100 || res.DeliveredPct() < 85 {

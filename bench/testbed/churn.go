@@ -33,7 +33,16 @@ type ChurnOptions struct {
 type ChurnResult struct {
 	Pings, Delivered, Duplicates int
 	Kills, Restarts              int
+	// The pings lost, by what the pair looked like when the ping began:
+	// LostYoung where one of the two had (re)started less than
+	// youngFor before, LostOld the rest; LostFresh, of all of them, those
+	// between a pair with no ping delivered since both last started.
+	LostYoung, LostOld, LostFresh int
 }
+
+// youngFor is how long after its start a node counts as young in
+// ChurnResult: its links, leases and sessions are still forming.
+const youngFor = 20 * time.Second
 
 // DeliveredPct is the share of pings delivered, in percent.
 func (r ChurnResult) DeliveredPct() float64 {
@@ -76,6 +85,9 @@ func Churn(ctx context.Context, vms []*VM, vips []string, o ChurnOptions) (Churn
 		defer mu.Unlock()
 		return !since[i].IsZero() && !since[i].After(from)
 	}
+	// lastDelivered is when a ping between each pair last got through.
+	lastDelivered := make(map[[2]int]time.Time)
+	pair := func(a, b int) [2]int { return [2]int{min(a, b), max(a, b)} }
 
 	var res ChurnResult
 	var wg sync.WaitGroup
@@ -101,6 +113,11 @@ func Churn(ctx context.Context, vms []*VM, vips []string, o ChurnOptions) (Churn
 			go func() {
 				defer wg.Done()
 				start := time.Now()
+				mu.Lock()
+				younger := later(since[a], since[b])
+				young := start.Sub(younger) < youngFor
+				fresh := !lastDelivered[pair(a, b)].After(younger)
+				mu.Unlock()
 				out, _ := vms[a].Command(ctx, "ping", "-c", "1", "-W", "2", vips[b]).CombinedOutput()
 				if !stillUp(a, start) || !stillUp(b, start) {
 					return // one of them went down meanwhile: not counted
@@ -109,8 +126,17 @@ func Churn(ctx context.Context, vms []*VM, vips []string, o ChurnOptions) (Churn
 				mu.Lock()
 				defer mu.Unlock()
 				res.Pings++
-				if err == nil && r.Received > 0 {
+				switch {
+				case err == nil && r.Received > 0:
 					res.Delivered++
+					lastDelivered[pair(a, b)] = time.Now()
+				case young:
+					res.LostYoung++
+				default:
+					res.LostOld++
+				}
+				if !(err == nil && r.Received > 0) && fresh {
+					res.LostFresh++
 				}
 				if strings.Contains(string(out), "duplicates") {
 					res.Duplicates++
@@ -179,4 +205,11 @@ loop:
 		return res, fmt.Errorf("churn: %w", err)
 	}
 	return res, nil
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }

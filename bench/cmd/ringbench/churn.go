@@ -44,6 +44,8 @@ func churn(ctx context.Context, opts testbed.Options, base node.Config, n int, d
 	}
 	fmt.Printf("%d kills, %d restarts; %d of %d pings between live nodes delivered, %d answered twice\n",
 		res.Kills, res.Restarts, res.Delivered, res.Pings, res.Duplicates)
+	fmt.Printf("lost: %d where one end had started within 20 s, %d between older nodes; %d between a pair with none delivered since both started\n",
+		res.LostYoung, res.LostOld, res.LostFresh)
 	start := time.Now()
 	if err := waitConsistent(ctx, vms, 2*time.Minute); err != nil {
 		return err
