@@ -94,7 +94,6 @@ func (r *addrResolver) counters(m map[string]uint64) {
 func (o *Overlay) AddrCounters() map[string]uint64 {
 	m := make(map[string]uint64)
 	o.addrs.counters(m)
-	o.waiting.counters(m)
 	o.admit.counters(m)
 	if o.dht != nil {
 		m["dht_refused"] = o.dht.store.refused.Load()
@@ -202,15 +201,12 @@ func (o *Overlay) resolveAddr(ip netip.Addr) {
 	case errors.Is(err, ErrNotHeld):
 		r.notHeld.Add(1)
 		o.unbind(ip)
-		o.releaseAddr(ip, nil)
 		return
 	case err != nil:
 		r.failed.Add(1)
 		o.log.Info("address lookup failed", "ip", ip, "err", err)
-		o.releaseAddr(ip, nil)
 		return
 	case holder == o.host.ID():
-		o.releaseAddr(ip, nil)
 		return
 	}
 	r.resolved.Add(1)
@@ -243,7 +239,6 @@ func (o *Overlay) bind(ip netip.Addr, p *Peer) {
 		}
 	}
 	o.releaseHeld(p, ip)
-	o.releaseAddr(ip, p)
 }
 
 // unbind forgets who holds ip.

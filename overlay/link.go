@@ -123,10 +123,6 @@ type Peer struct {
 	held     []heldPacket
 	heldSize int
 
-	// Packets for the peer waiting for a session (waiting.go).
-	waitMu  sync.Mutex
-	waiting waitQueue
-
 	// sendSession is what outgoing datagrams are sealed under.
 	sendSession atomic.Pointer[session]
 	path        atomic.Int32 // a Path
@@ -356,11 +352,7 @@ func (p *Peer) tickRing(now time.Time) {
 			next = PathUDP // hole punching found a direct path
 		}
 	}
-	swapped := prev != next && p.path.CompareAndSwap(int32(prev), int32(next))
-	if swapped && prev == PathNone {
-		p.flushWaiting()
-	}
-	if swapped && prev != PathNone {
+	if prev != next && p.path.CompareAndSwap(int32(prev), int32(next)) && prev != PathNone {
 		p.o.log.Info("link path", "peer", p.id, "path", next.String(), "was", prev.String())
 		switch {
 		case prev == PathRing && next == PathUDP:
@@ -533,9 +525,7 @@ func (p *Peer) confirm(s *session) {
 	p.sendSession.Store(s)
 	if s.viaRing {
 		// Packets may go at once, before the link loop looks.
-		if p.path.CompareAndSwap(int32(PathNone), int32(PathRing)) {
-			p.flushWaiting()
-		}
+		p.path.CompareAndSwap(int32(PathNone), int32(PathRing))
 	}
 	p.wake() // ping at once to (re)confirm the path under the new keys
 	if p.ringLink.Load() {
@@ -696,9 +686,6 @@ func (p *Peer) updatePath(now time.Time, connected bool) {
 		if prev != PathNone && next != PathNone {
 			p.requestRekey("path changed")
 		}
-		if prev == PathNone {
-			p.flushWaiting()
-		}
 	}
 }
 
@@ -725,12 +712,9 @@ func (p *Peer) send(typ byte, buf []byte, n int) error {
 	path := Path(p.path.Load())
 	switch path {
 	case PathNone:
-		p.wantRing()
-		if typ == typeData && p.waitForSession(buf, n) {
-			return nil
-		}
 		p.drops.Add(1)
 		p.o.drops.noSession.Add(1)
+		p.wantRing()
 		return ErrNoSession
 	case PathRing:
 		err := p.sendRing(typ, buf[HeaderLen:HeaderLen+n])

@@ -144,7 +144,6 @@ type Overlay struct {
 	forwarded atomic.Uint64 // routed datagrams passed on
 	deafLinks atomic.Uint64 // link connections closed for unanswered pings
 	lost      lostNotices
-	waiting   waiting // packets waiting for a lookup or a session
 
 	ringAddr  routing.Addr
 	routeBufs sync.Pool
@@ -312,15 +311,14 @@ func (o *Overlay) removePeer(p *Peer) {
 	}
 	o.mu.Unlock()
 	p.cancel()
-	p.dropWaiting()
 }
 
 // Send seals one IPv4 packet to the node that holds dst. The packet is at
 // buf[HeaderLen:HeaderLen+n]; buf needs TagLen bytes of capacity past it.
 // Send overwrites buf.
 func (o *Overlay) Send(dst netip.Addr, buf []byte, n int) error {
-	p, err := o.routeOrWait(dst, buf, n)
-	if p == nil {
+	p, err := o.route(dst, 1)
+	if err != nil {
 		return err
 	}
 	return p.send(typeData, buf, n)
@@ -335,25 +333,6 @@ func (o *Overlay) route(dst netip.Addr, count int) (*Peer, error) {
 	if p == nil {
 		o.drops.noRoute.Add(uint64(count))
 		o.lookupAddr(dst)
-		return nil, ErrNoRoute
-	}
-	o.recheck(dst)
-	return p, nil
-}
-
-// routeOrWait is route for one packet, at buf[HeaderLen:HeaderLen+n]:
-// while the holder of dst is being looked up, the packet waits for the
-// answer. It returns a nil peer when the packet waits (and a nil error)
-// or is dropped.
-func (o *Overlay) routeOrWait(dst netip.Addr, buf []byte, n int) (*Peer, error) {
-	o.mu.RLock()
-	p := o.byAddr[dst]
-	o.mu.RUnlock()
-	if p == nil {
-		if o.lookupAddr(dst) && o.waitForAddr(dst, buf, n) {
-			return nil, nil
-		}
-		o.drops.noRoute.Add(1)
 		return nil, ErrNoRoute
 	}
 	o.recheck(dst)

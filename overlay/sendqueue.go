@@ -28,8 +28,8 @@ func (o *Overlay) NewSendQueue(size int) *SendQueue {
 // on the stream fallback go out at once.
 func (q *SendQueue) Send(dst netip.Addr, buf []byte, n int) error {
 	o := q.o
-	p, err := o.routeOrWait(dst, buf, n)
-	if p == nil {
+	p, err := o.route(dst, 1)
+	if err != nil {
 		return err
 	}
 	if Path(p.path.Load()) != PathUDP {
