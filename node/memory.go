@@ -25,28 +25,27 @@ type MemoryStatus struct {
 	Goroutines uint64 `json:"goroutines"`
 }
 
-var memoryMetrics = []string{
-	"/memory/classes/heap/objects:bytes",
-	"/memory/classes/heap/free:bytes",
-	"/memory/classes/heap/released:bytes",
-	"/memory/classes/heap/unused:bytes",
-	"/memory/classes/heap/stacks:bytes",
-	"/memory/classes/os-stacks:bytes",
-	"/memory/classes/metadata/other:bytes",
-	"/memory/classes/metadata/mspan/inuse:bytes",
-	"/memory/classes/metadata/mspan/free:bytes",
-	"/memory/classes/metadata/mcache/inuse:bytes",
-	"/memory/classes/metadata/mcache/free:bytes",
-	"/memory/classes/profiling/buckets:bytes",
-	"/memory/classes/other:bytes",
-	"/memory/classes/total:bytes",
-	"/sched/goroutines:goroutines",
-}
-
 // memoryStatus reads the runtime's memory classes.
 func memoryStatus() MemoryStatus {
-	samples := make([]metrics.Sample, len(memoryMetrics))
-	for i, name := range memoryMetrics {
+	names := [...]string{
+		"/memory/classes/heap/objects:bytes",
+		"/memory/classes/heap/free:bytes",
+		"/memory/classes/heap/released:bytes",
+		"/memory/classes/heap/unused:bytes",
+		"/memory/classes/heap/stacks:bytes",
+		"/memory/classes/os-stacks:bytes",
+		"/memory/classes/metadata/other:bytes",
+		"/memory/classes/metadata/mspan/inuse:bytes",
+		"/memory/classes/metadata/mspan/free:bytes",
+		"/memory/classes/metadata/mcache/inuse:bytes",
+		"/memory/classes/metadata/mcache/free:bytes",
+		"/memory/classes/profiling/buckets:bytes",
+		"/memory/classes/other:bytes",
+		"/memory/classes/total:bytes",
+		"/sched/goroutines:goroutines",
+	}
+	samples := make([]metrics.Sample, len(names))
+	for i, name := range names {
 		samples[i].Name = name
 	}
 	metrics.Read(samples)

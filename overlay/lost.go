@@ -109,10 +109,11 @@ func (o *Overlay) onLost(idx uint32, via Path, from netip.AddrPort, sender *Peer
 	if via == PathUDP {
 		p = nil
 		for _, q := range o.peerList() {
-			if s := q.sendSession.Load(); s != nil && s.remoteIndex == idx {
-				if ep := q.endpoint.Load(); ep != nil && *ep == from {
-					p = q
-				}
+			// Peers pick their indexes apart, so two may share one:
+			// the address tells them apart.
+			s, ep := q.sendSession.Load(), q.endpoint.Load()
+			if s != nil && s.remoteIndex == idx && ep != nil && *ep == from {
+				p = q
 				break
 			}
 		}
