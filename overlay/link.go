@@ -173,8 +173,6 @@ type Peer struct {
 	lastRx                uint64    // rxPackets+rxControl at the last tick; p.mu
 	lastHeard             time.Time // when that sum last moved; p.mu
 
-	lostToldAt atomic.Int64 // when we last told the peer it sent under a session we lost (unix ns)
-
 	lastPunch                   time.Time        // p.mu
 	punchCands                  []netip.AddrPort // p.mu: where the peer said it may be reached
 	punchesSent, punchesRefused atomic.Uint64

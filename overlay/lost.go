@@ -5,6 +5,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
 )
 
 // A node that gets a datagram naming a link session it does not hold (it
@@ -28,20 +30,25 @@ const (
 	lostPerSecond = 64
 )
 
+// lostKey is whom a notice goes to: a UDP source, or a peer on the
+// stream.
+type lostKey struct {
+	from netip.AddrPort
+	peer peer.ID
+}
+
 // lostNotices rate-limits the notices a node sends and counts them.
 type lostNotices struct {
 	told, heard atomic.Uint64
 
 	mu          sync.Mutex
-	sent        map[netip.AddrPort]time.Time // UDP sources told, by address
+	sent        map[lostKey]time.Time
 	windowStart time.Time
 	inWindow    int
 }
 
-// allow reports whether a notice may go to key (the UDP source, or the
-// zero address for a peer on the stream, whose own clock is checked by
-// the caller) now, and records it.
-func (l *lostNotices) allow(key netip.AddrPort, now time.Time) bool {
+// allow reports whether a notice may go to key now, and records it.
+func (l *lostNotices) allow(key lostKey, now time.Time) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if now.Sub(l.windowStart) >= time.Second {
@@ -50,15 +57,13 @@ func (l *lostNotices) allow(key netip.AddrPort, now time.Time) bool {
 	if l.inWindow >= lostPerSecond {
 		return false
 	}
-	if key.IsValid() {
-		if at, ok := l.sent[key]; ok && now.Sub(at) < lostEvery {
-			return false
-		}
-		if l.sent == nil || len(l.sent) >= 1024 {
-			l.sent = make(map[netip.AddrPort]time.Time)
-		}
-		l.sent[key] = now
+	if at, ok := l.sent[key]; ok && now.Sub(at) < lostEvery {
+		return false
 	}
+	if l.sent == nil || len(l.sent) >= 1024 {
+		l.sent = make(map[lostKey]time.Time)
+	}
+	l.sent[key] = now
 	l.inWindow++
 	return true
 }
@@ -67,21 +72,16 @@ func (l *lostNotices) allow(key netip.AddrPort, now time.Time) bool {
 // does not hold, that the session is gone: the authenticated peer it came
 // from over the stream, or its source address over UDP.
 func (o *Overlay) tellLost(idx uint32, via Path, from netip.AddrPort, sender *Peer) {
-	now := time.Now()
+	var key lostKey
 	switch {
 	case via == PathStream && sender != nil:
-		last := sender.lostToldAt.Load()
-		if now.UnixNano()-last < int64(lostEvery) || !sender.lostToldAt.CompareAndSwap(last, now.UnixNano()) {
-			return
-		}
-		if !o.lost.allow(netip.AddrPort{}, now) {
-			return
-		}
+		key.peer = sender.id
 	case via == PathUDP && from.IsValid():
-		if !o.lost.allow(from, now) {
-			return
-		}
+		key.from = from
 	default:
+		return
+	}
+	if !o.lost.allow(key, time.Now()) {
 		return
 	}
 	var buf [HeaderLen + TagLen]byte

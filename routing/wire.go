@@ -1,6 +1,7 @@
 package routing
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -325,7 +326,7 @@ func (m *ConnectToMe) UnmarshalBinary(b []byte) error {
 	if err := r.end(); err != nil {
 		return fmt.Errorf("connect-to-me: %w", err)
 	}
-	got := ConnectToMe{Kind: kind, TTL: ttl, Requester: id, Addr: a, Target: target, Endpoints: eps, Relay: relay, Sig: sig}
+	got := ConnectToMe{Kind: kind, TTL: ttl, Requester: id, Addr: a, Target: target, Endpoints: eps, Relay: relay, Sig: bytes.Clone(sig)}
 	if err := got.verify(); err != nil {
 		return fmt.Errorf("connect-to-me: %w", err)
 	}
