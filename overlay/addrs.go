@@ -46,6 +46,9 @@ const (
 	// maxChecking bounds the source addresses of one peer being checked
 	// at once: a peer that sends from many addresses is lying.
 	maxChecking = 4
+	// slowLookup is how long a lookup may take before it is logged and
+	// counted: a VM's ping waits about this long for its first reply.
+	slowLookup = time.Second
 )
 
 // ErrNotHeld is what a Resolve function returns for an address that no
@@ -67,6 +70,7 @@ type addrResolver struct {
 	notHeld  atomic.Uint64
 	failed   atomic.Uint64
 	busy     atomic.Uint64 // lookups not started: too many in flight
+	slow     atomic.Uint64 // lookups that took slowLookup or longer
 	released atomic.Uint64 // held packets delivered
 	dropped  atomic.Uint64 // held packets dropped
 }
@@ -85,6 +89,7 @@ func (r *addrResolver) counters(m map[string]uint64) {
 	m["addr_not_held"] = r.notHeld.Load()
 	m["addr_lookup_failed"] = r.failed.Load()
 	m["addr_lookup_busy"] = r.busy.Load()
+	m["addr_lookup_slow"] = r.slow.Load()
 	m["held_released"] = r.released.Load()
 	m["held_dropped"] = r.dropped.Load()
 }
@@ -175,8 +180,14 @@ func (o *Overlay) lookupAddr(ip netip.Addr) bool {
 func (o *Overlay) resolveAddr(ip netip.Addr) {
 	r := &o.addrs
 	ctx, cancel := context.WithTimeout(o.ctx, resolveTimeout)
+	start := time.Now()
 	holder, err := o.cfg.Resolve(ctx, o.dht, ip)
+	took := time.Since(start)
 	cancel()
+	if took >= slowLookup {
+		r.slow.Add(1)
+		o.log.Info("slow address lookup", "ip", ip, "took", took.Round(time.Millisecond), "holder", holder, "err", err)
+	}
 	r.mu.Lock()
 	delete(r.inFlight, ip)
 	if errors.Is(err, ErrNotHeld) {

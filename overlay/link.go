@@ -172,6 +172,10 @@ type Peer struct {
 	firstRingTx, directAt atomic.Int64
 	lastRx                uint64    // rxPackets+rxControl at the last tick; p.mu
 	lastHeard             time.Time // when that sum last moved; p.mu
+	// quiet is set while the peer has not been heard for quietFor (at the
+	// last tick): packets sent to it meanwhile are kept (kept.go).
+	quiet atomic.Bool
+	kept  keptPackets
 
 	lastPunch                   time.Time        // p.mu
 	punchCands                  []netip.AddrPort // p.mu: where the peer said it may be reached
@@ -236,7 +240,9 @@ func (p *Peer) tick(ctx context.Context) {
 	if rx := p.rxPackets.Load() + p.rxControl.Load(); rx != p.lastRx {
 		p.lastRx, p.lastHeard = rx, now
 	}
+	p.quiet.Store(now.Sub(p.lastHeard) >= quietFor)
 	p.mu.Unlock()
+	p.expireKept(now)
 	h := p.o.host
 	connected := h.Network().Connectedness(p.id) == network.Connected
 	p.mu.Lock()
@@ -530,6 +536,7 @@ func (p *Peer) confirm(s *session) {
 		p.o.ring.kick() // requests may be waiting for the link
 	}
 	p.o.announce(p)
+	p.resendKept(s)
 }
 
 func (p *Peer) expireSessions(now time.Time) {
@@ -712,6 +719,9 @@ func (p *Peer) send(typ byte, buf []byte, n int) error {
 	case PathNone:
 		p.drops.Add(1)
 		p.o.drops.noSession.Add(1)
+		if typ == typeData {
+			p.keepUnsent(buf[HeaderLen : HeaderLen+n])
+		}
 		p.wantRing()
 		return ErrNoSession
 	case PathRing:
@@ -733,6 +743,9 @@ func (p *Peer) sendVia(path Path, typ byte, buf []byte, n int) error {
 	if s == nil {
 		p.o.drops.noSession.Add(1)
 		return ErrNoSession
+	}
+	if typ == typeData && p.quiet.Load() {
+		p.keep(s.remoteIndex, buf[HeaderLen:HeaderLen+n])
 	}
 	dgram, ok := s.seal(typ, buf, n)
 	if !ok {
@@ -774,6 +787,13 @@ func (p *Peer) sendSegments(buf []byte, stride int, lens []int) error {
 	if path == PathNone || s == nil {
 		p.drops.Add(uint64(len(lens)))
 		p.o.drops.noSession.Add(uint64(len(lens)))
+		for i, n := range lens {
+			off := i*stride + HeaderLen
+			p.keepUnsent(buf[off : off+n])
+		}
+		if path == PathNone {
+			p.wantRing()
+		}
 		return ErrNoSession
 	}
 	if path == PathRing {
@@ -787,8 +807,12 @@ func (p *Peer) sendSegments(buf []byte, stride int, lens []int) error {
 	}
 	end := 0
 	var bytes uint64
+	quiet := p.quiet.Load()
 	for i, n := range lens {
 		off := i * stride
+		if quiet {
+			p.keep(s.remoteIndex, buf[off+HeaderLen:off+HeaderLen+n])
+		}
 		dgram, ok := s.seal(typeData, buf[off:], n)
 		if !ok {
 			p.requestRekey("session spent")

@@ -126,6 +126,7 @@ func (o *Overlay) onLost(idx uint32, via Path, from netip.AddrPort, sender *Peer
 		return
 	}
 	o.lost.heard.Add(1)
+	p.sessionLost(idx)
 	if o.ring == nil || p.isStatic() || p.ringLink.Load() {
 		p.requestRekey("peer lost the session")
 		return

@@ -35,6 +35,8 @@ func TestLostNoticeTakenOnlyFromThePeer(t *testing.T) {
 	a := newTestNode(t, "10.128.0.1", 0)
 	b := newTestNode(t, "10.128.0.2", 0)
 	link(t, a, b)
+	// Let the handshakes of link set-up settle past minRekeyGap.
+	time.Sleep(minRekeyGap)
 	pa := a.peer(b.ID())
 	s := pa.sendSession.Load()
 	ep := *pa.endpoint.Load()
@@ -45,8 +47,6 @@ func TestLostNoticeTakenOnlyFromThePeer(t *testing.T) {
 	if got := a.lost.heard.Load(); got != 0 {
 		t.Fatalf("a notice from another address, or naming another index, was taken (%d)", got)
 	}
-	// Let the handshakes of link set-up settle past minRekeyGap.
-	time.Sleep(minRekeyGap)
 	a.onLost(s.remoteIndex, PathUDP, ep, nil)
 	if got := a.lost.heard.Load(); got != 1 {
 		t.Fatalf("the peer's notice was not taken (%d)", got)

@@ -143,7 +143,10 @@ type Overlay struct {
 	drops     dropCounters
 	forwarded atomic.Uint64 // routed datagrams passed on
 	deafLinks atomic.Uint64 // link connections closed for unanswered pings
-	lost      lostNotices
+	// resentAfterLost counts kept packets sent again after their peer
+	// lost the session they went under (kept.go).
+	resentAfterLost atomic.Uint64
+	lost            lostNotices
 
 	ringAddr  routing.Addr
 	routeBufs sync.Pool

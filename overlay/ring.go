@@ -953,6 +953,7 @@ func (r *ringManager) onStale(rh routing.Header, body []byte) {
 			continue
 		}
 		r.counters.staleHints.Add(1)
+		p.sessionLost(idx)
 		p.mu.Lock()
 		if p.ring != nil {
 			p.ring.wanted = true
@@ -1141,6 +1142,7 @@ func (o *Overlay) Ring() (st RingStatus, ok bool) {
 		"deaf_links_closed":   r.o.deafLinks.Load(),
 		"lost_sessions_told":  r.o.lost.told.Load(),
 		"lost_sessions_heard": r.o.lost.heard.Load(),
+		"lost_packets_resent": r.o.resentAfterLost.Load(),
 		"clone_checks_served": r.o.instance.asks.Load(),
 		"clone_probes":        r.o.instance.probes.Load(),
 		"clones_found":        r.o.instance.found.Load(),

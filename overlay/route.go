@@ -330,6 +330,9 @@ func (p *Peer) sendRing(typ byte, payload []byte) error {
 		o.drops.noSession.Add(1)
 		return ErrNoSession
 	}
+	if typ == typeData && p.quiet.Load() {
+		p.keep(s.remoteIndex, payload)
+	}
 	bp := o.routeBufs.Get().(*[]byte)
 	defer o.routeBufs.Put(bp)
 	buf := (*bp)[:routeInnerOff+HeaderLen+len(payload)+TagLen+TagLen]

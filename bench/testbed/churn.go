@@ -135,8 +135,14 @@ func Churn(ctx context.Context, vms []*VM, vips []string, o ChurnOptions) (Churn
 				default:
 					res.LostOld++
 				}
-				if !(err == nil && r.Received > 0) && fresh {
-					res.LostFresh++
+				if !(err == nil && r.Received > 0) {
+					if fresh {
+						res.LostFresh++
+					}
+					if o.Logf != nil {
+						o.Logf("churn: lost %s→%s, sent %s; the younger end started %v before, fresh=%v",
+							vms[a].Name(), vms[b].Name(), start.Format("15:04:05.000"), start.Sub(younger).Round(100*time.Millisecond), fresh)
+					}
 				}
 				if strings.Contains(string(out), "duplicates") {
 					res.Duplicates++

@@ -38,6 +38,7 @@ func churn(ctx context.Context, opts testbed.Options, base node.Config, n int, d
 	res, err := testbed.Churn(ctx, vms, vips, testbed.ChurnOptions{
 		Duration: d, Every: 3 * time.Second, MaxDown: 4, Settle: 5 * time.Second,
 		PingEvery: 200 * time.Millisecond, Seed: uint64(time.Now().UnixNano()),
+		Logf: opts.Logf,
 	})
 	if err != nil {
 		return err

@@ -54,9 +54,10 @@ func main() {
 	image := flag.String("image", "", "directory of the appliance image (condor): built there unless a finished build is there; empty builds one in a temporary directory")
 	mirror := flag.String("mirror", "http://deb.debian.org/debian", "Debian mirror the appliance image is built from (condor)")
 	hold := flag.Duration("hold", 0, "keep the pools up this long after the measurements (condor)")
+	workDir := flag.String("workdir", "", "keep the nodes' configs, state and logs in this directory (default: a temporary one, removed afterwards)")
 	offloads := flag.Bool("offloads", true, "open the nodes' TAP devices with offloads (tap.offloads)")
 	flag.Usage = func() {
-		fmt.Fprintf(flag.CommandLine.Output(), "usage: ringbench [flags] BENCHMARK\n\nBenchmarks: throughput, peers, ring, migration, join, shortcut, idle, churn, dhcp, condor\n\nFlags:\n")
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: ringbench [flags] BENCHMARK\n\nBenchmarks: throughput, peers, ring, migration, join, shortcut, idle, churn, contact, dhcp, condor\n\nFlags:\n")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
@@ -69,6 +70,7 @@ func main() {
 
 	opts := testbed.Options{
 		RingnetPath: *ringnet,
+		WorkDir:     *workDir,
 		Logf:        func(format string, args ...any) { fmt.Fprintf(os.Stderr, format+"\n", args...) },
 	}
 	base := node.Config{TAP: node.TAPConfig{Offloads: offloads}}
@@ -90,6 +92,8 @@ func main() {
 		err = idle(ctx, opts, base, 32, *idleSettle, 60*time.Second)
 	case "churn":
 		err = churn(ctx, opts, base, 32, *churnFor)
+	case "contact":
+		err = contact(ctx, opts, base, 32, 15)
 	case "dhcp":
 		err = dhcpBench(ctx, opts, base, 20, 32)
 	case "condor":
