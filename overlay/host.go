@@ -1,40 +1,112 @@
 package overlay
 
 import (
+	"crypto/sha256"
+	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/control"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/metrics"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/sec"
+	"github.com/libp2p/go-libp2p/core/transport"
+	basichost "github.com/libp2p/go-libp2p/p2p/host/basic"
+	"github.com/libp2p/go-libp2p/p2p/host/eventbus"
+	"github.com/libp2p/go-libp2p/p2p/host/peerstore/pstoremem"
+	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	"github.com/libp2p/go-libp2p/p2p/muxer/yamux"
 	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
 	"github.com/libp2p/go-libp2p/p2p/net/swarm"
+	"github.com/libp2p/go-libp2p/p2p/net/upgrader"
+	"github.com/libp2p/go-libp2p/p2p/protocol/identify"
 	noise "github.com/libp2p/go-libp2p/p2p/security/noise"
 	quic "github.com/libp2p/go-libp2p/p2p/transport/quic"
+	"github.com/libp2p/go-libp2p/p2p/transport/quicreuse"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	ma "github.com/multiformats/go-multiaddr"
 	manet "github.com/multiformats/go-multiaddr/net"
+	gquic "github.com/quic-go/quic-go"
+	"golang.org/x/crypto/hkdf"
 )
 
 // newHost builds the control-plane host: TCP and QUIC, Noise only, and
 // nothing that talks to the world on its own (no relay, no UPnP, no mDNS,
-// no public bootstrap list), so the overlay stays private. Addresses inside
-// the virtual subnets are neither announced nor dialled: the control plane
-// must never run over the overlay it controls.
+// no AutoNAT, no public bootstrap list), so the overlay stays private.
+// Addresses inside the virtual subnets are neither announced nor dialled:
+// the control plane must never run over the overlay it controls.
+//
+// The host is put together from go-libp2p's parts rather than with
+// libp2p.New, whose defaults link every transport it knows (WebRTC,
+// WebTransport, WebSocket) and a dependency-injection framework into the
+// binary: about a third of its size, paged in by every node.
 func newHost(key crypto.PrivKey, listen []string, g *gater, bw *metrics.BandwidthCounter) (host.Host, error) {
-	virtual := g.virtual
+	id, err := peer.IDFromPrivateKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("libp2p host: %w", err)
+	}
+	addrs := make([]ma.Multiaddr, 0, len(listen))
+	for _, s := range listen {
+		a, err := ma.NewMultiaddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("libp2p host: listen address %q: %w", s, err)
+		}
+		addrs = append(addrs, a)
+	}
+	var closers []io.Closer
+	fail := func(err error) (host.Host, error) {
+		for _, c := range slices.Backward(closers) {
+			c.Close()
+		}
+		return nil, fmt.Errorf("libp2p host: %w", err)
+	}
+	ps, err := pstoremem.NewPeerstore()
+	if err != nil {
+		return fail(err)
+	}
+	closers = append(closers, ps)
+	if err := ps.AddPrivKey(id, key); err != nil {
+		return fail(err)
+	}
+	if err := ps.AddPubKey(id, key.GetPublic()); err != nil {
+		return fail(err)
+	}
+	limits := rcmgr.DefaultLimits
+	limits.AddServiceLimit(identify.ServiceName,
+		rcmgr.BaseLimit{StreamsInbound: 64, StreamsOutbound: 64, Streams: 128, Memory: 4 << 20},
+		rcmgr.BaseLimitIncrease{StreamsInbound: 64, StreamsOutbound: 64, Streams: 128, Memory: 4 << 20})
+	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits.AutoScale()))
+	if err != nil {
+		return fail(err)
+	}
+	closers = append(closers, rm)
 	cm, err := connmgr.NewConnManager(64, 256)
 	if err != nil {
-		return nil, fmt.Errorf("connection manager: %w", err)
+		return fail(err)
 	}
+	closers = append(closers, cm)
+	bus := eventbus.NewBus()
+	sw, err := swarm.NewSwarm(id, ps, bus,
+		swarm.WithResourceManager(rm),
+		swarm.WithConnectionGater(g),
+		swarm.WithMetrics(bw),
+		swarm.WithDialRanker(tcpFirst),
+		// A node that died leaves its QUIC port silent: DHT lookups
+		// that meet it must not wait the default 15 s.
+		swarm.WithDialTimeout(5*time.Second),
+	)
+	if err != nil {
+		return fail(err)
+	}
+	closers = append(closers, sw)
 	// yamux pings every connection twice a minute from each end (a
 	// keepalive when it is quiet, and a round-trip measurement), which on
 	// an idle node costs more than all of the ring's own keepalives. The
@@ -44,31 +116,88 @@ func newHost(key crypto.PrivKey, listen []string, g *gater, bw *metrics.Bandwidt
 	mux := *yamux.DefaultTransport
 	mux.EnableKeepAlive = false
 	mux.MeasureRTTInterval = 10 * time.Minute
-	h, err := libp2p.New(
-		libp2p.Identity(key),
-		libp2p.ListenAddrStrings(listen...),
-		libp2p.Transport(tcp.NewTCPTransport),
-		libp2p.Transport(quic.NewTransport),
-		libp2p.Security(noise.ID, noise.New),
-		libp2p.Muxer(yamux.ID, &mux),
-		libp2p.ConnectionManager(cm),
-		libp2p.DisableRelay(),
-		libp2p.DisableMetrics(),
-		libp2p.BandwidthReporter(bw),
-		libp2p.Ping(false),
-		libp2p.AddrsFactory(func(addrs []ma.Multiaddr) []ma.Multiaddr {
-			return slices.DeleteFunc(addrs, func(a ma.Multiaddr) bool { return inVirtual(a, virtual) })
-		}),
-		libp2p.ConnectionGater(g),
-		libp2p.SwarmOpts(swarm.WithDialRanker(tcpFirst)),
-		// A node that died leaves its QUIC port silent: DHT lookups that
-		// meet it must not wait the default 15 s.
-		libp2p.WithDialTimeout(5*time.Second),
-	)
+	muxers := []upgrader.StreamMuxer{{ID: yamux.ID, Muxer: &mux}}
+	secure, err := noise.New(noise.ID, key, muxers)
 	if err != nil {
-		return nil, fmt.Errorf("libp2p host: %w", err)
+		return fail(err)
 	}
-	return h, nil
+	up, err := upgrader.New([]sec.SecureTransport{secure}, muxers, nil, rm, g)
+	if err != nil {
+		return fail(err)
+	}
+	tcpT, err := tcp.NewTCPTransport(up, rm, nil)
+	if err != nil {
+		return fail(err)
+	}
+	resetKey, tokenKey, err := quicKeys(key)
+	if err != nil {
+		return fail(err)
+	}
+	qcm, err := quicreuse.NewConnManager(resetKey, tokenKey)
+	if err != nil {
+		return fail(err)
+	}
+	closers = append(closers, qcm)
+	quicT, err := quic.NewTransport(key, qcm, nil, g, rm)
+	if err != nil {
+		return fail(err)
+	}
+	for _, t := range []transport.Transport{tcpT, quicT} {
+		if err := sw.AddTransport(t); err != nil {
+			return fail(err)
+		}
+	}
+	h, err := basichost.NewHost(sw, &basichost.HostOpts{
+		EventBus:    bus,
+		ConnManager: cm,
+		AddrsFactory: func(addrs []ma.Multiaddr) []ma.Multiaddr {
+			return slices.DeleteFunc(addrs, func(a ma.Multiaddr) bool { return inVirtual(a, g.virtual) })
+		},
+	})
+	if err != nil {
+		return fail(err)
+	}
+	// The host closes the swarm, peerstore, resource and connection
+	// managers; the QUIC sockets' owner is closed after it.
+	closers = []io.Closer{qcm, h}
+	if err := sw.Listen(addrs...); err != nil {
+		return fail(err)
+	}
+	h.Start()
+	return &controlHost{BasicHost: h, quic: qcm}, nil
+}
+
+// controlHost is the host and the QUIC socket manager it does not close.
+type controlHost struct {
+	*basichost.BasicHost
+	quic *quicreuse.ConnManager
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Close closes the host, then the QUIC sockets; again, it does nothing.
+func (h *controlHost) Close() error {
+	h.closeOnce.Do(func() {
+		h.closeErr = errors.Join(h.BasicHost.Close(), h.quic.Close())
+	})
+	return h.closeErr
+}
+
+// quicKeys derives QUIC's stateless-reset and token keys from the
+// identity, as go-libp2p does: a restarted node's resets stay valid.
+func quicKeys(key crypto.PrivKey) (reset gquic.StatelessResetKey, token gquic.TokenGeneratorKey, err error) {
+	raw, err := key.Raw()
+	if err != nil {
+		return reset, token, err
+	}
+	if _, err := io.ReadFull(hkdf.New(sha256.New, raw, nil, []byte("libp2p quic stateless reset key")), reset[:]); err != nil {
+		return reset, token, err
+	}
+	if _, err := io.ReadFull(hkdf.New(sha256.New, raw, nil, []byte("libp2p quic token generator key")), token[:]); err != nil {
+		return reset, token, err
+	}
+	return reset, token, nil
 }
 
 // tcpFirst dials TCP addresses at once and QUIC ones only if TCP has not
