@@ -142,7 +142,8 @@ func newHost(key crypto.PrivKey, listen []string, g *gater, bw *metrics.Bandwidt
 	if err != nil {
 		return fail(err)
 	}
-	for _, t := range []transport.Transport{tcpT, quicT} {
+	refused := new(refusedPeers)
+	for _, t := range []transport.Transport{watchedTCP{tcpT, refused}, hastyQUIC{quicT, refused}} {
 		if err := sw.AddTransport(t); err != nil {
 			return fail(err)
 		}
