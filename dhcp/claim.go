@@ -258,7 +258,10 @@ func (c *Claimer) try(ctx context.Context, ip netip.Addr, refused *error) (l Lea
 		return Lease{}, false, err
 	}
 	key := LeaseKey(c.cfg.Namespace, ip)
+	stages := newStageTimer()
+	defer stages.logIfSlow(c.log, ip)
 	t, err := c.count(ctx, key)
+	stages.done("read")
 	if err != nil {
 		return Lease{}, false, fmt.Errorf("claim %v: %w", ip, err)
 	}
@@ -279,7 +282,9 @@ func (c *Claimer) try(ctx context.Context, ip netip.Addr, refused *error) (l Lea
 		if err != nil {
 			return Lease{}, false, err
 		}
-		if err := c.cfg.Store.Put(ctx, key, prov); err != nil {
+		err = c.cfg.Store.Put(ctx, key, prov)
+		stages.done("put provisional")
+		if err != nil {
 			// The replicas may all hold a rival's record by now;
 			// counting them tells.
 			c.log.Debug("provisional lease not stored", "addr", ip, "err", err)
@@ -290,7 +295,9 @@ func (c *Claimer) try(ctx context.Context, ip netip.Addr, refused *error) (l Lea
 		case <-ctx.Done():
 			return Lease{}, false, ctx.Err()
 		}
+		stages.done("settle")
 		t, err = c.count(ctx, key)
+		stages.done("read")
 		if err != nil {
 			return Lease{}, false, fmt.Errorf("claim %v: %w", ip, err)
 		}
@@ -311,7 +318,9 @@ func (c *Claimer) try(ctx context.Context, ip netip.Addr, refused *error) (l Lea
 	if err != nil {
 		return Lease{}, false, err
 	}
-	if err := c.cfg.Store.Put(ctx, key, full); err != nil && t.asked > 0 {
+	err = c.cfg.Store.Put(ctx, key, full)
+	stages.done("put lease")
+	if err != nil && t.asked > 0 {
 		// Our provisional record holds the address briefly; a new Claim
 		// with our key meets it again and finds the address ours.
 		return Lease{}, false, fmt.Errorf("claim %v: store lease: %w", ip, err)
@@ -514,4 +523,32 @@ func (s *hostSequence) at(i uint64) uint64 {
 		return v
 	}
 	return i
+}
+
+// slowClaim is how long one address's claim may take before its stages
+// are logged.
+const slowClaim = 5 * time.Second
+
+// stageTimer times the stages of a claim.
+type stageTimer struct {
+	start, last time.Time
+	stages      []any // name, duration pairs, for the log
+}
+
+func newStageTimer() *stageTimer {
+	now := time.Now()
+	return &stageTimer{start: now, last: now}
+}
+
+func (s *stageTimer) done(name string) {
+	now := time.Now()
+	s.stages = append(s.stages, name, now.Sub(s.last).Round(time.Millisecond))
+	s.last = now
+}
+
+func (s *stageTimer) logIfSlow(log *slog.Logger, ip netip.Addr) {
+	if s.last.Sub(s.start) < slowClaim {
+		return
+	}
+	log.Info("slow claim", append([]any{"addr", ip, "took", s.last.Sub(s.start).Round(time.Millisecond)}, s.stages...)...)
 }
