@@ -25,12 +25,22 @@ import (
 // The VM's address is a lease in the overlay's DHT (dhcp.Claimer): the
 // node claims one when it starts, offers it to the VM's DHCP client only
 // once the claim is won, renews it, and claims again if it is ever lost.
-// The address it held is kept in the state directory, so a node that
-// restarts, or is started elsewhere from a copy of the directory, claims
-// the same one first and, holding the record already, gets it back.
+// The address it held is kept in the state directory, with the time its
+// lease runs out. A node that restarts, or is started elsewhere from a
+// copy of the directory, puts a lease that has a while to run back to use
+// at once and renews it: the replicas keep a live lease's holder and
+// refuse everyone else's claims, so the address is still its own, and
+// the VM is reachable again as soon as the node is up, not after a claim
+// that reads and writes the DHT twice (seconds, and more while nodes
+// around it come and go). A lease that ran out, or nearly, is claimed
+// again, that address first.
 
 // leaseFile is where the node remembers its address.
 const leaseFile = "lease.json"
+
+// resumeMargin is how long a saved lease must still run for the node to
+// put it back to use at once: a minute, or a third of a short lease.
+func (n *Node) resumeMargin() time.Duration { return min(time.Minute, n.leaseTime()/3) }
 
 // dhtWait bounds how long a node with peers to join waits for the DHT to
 // know some before it claims: alone, a claim proves nothing.
@@ -79,6 +89,9 @@ func (s *leaseState) offerHistory() []OfferStatus {
 type savedLease struct {
 	Namespace string     `json:"namespace"`
 	Addr      netip.Addr `json:"addr"`
+	// Expires is when the lease runs out; zero in files of nodes from
+	// before it was saved.
+	Expires time.Time `json:"expires,omitzero"`
 }
 
 // Lease returns the VM's current lease; ok is false while there is none.
@@ -182,6 +195,13 @@ func (n *Node) resolve(ctx context.Context, d *overlay.DHT, ip netip.Addr) (peer
 // keepLease claims the VM's address and keeps it until ctx ends.
 func (n *Node) keepLease(ctx context.Context) {
 	d := n.ov.DHT()
+	saved, haveSaved := n.savedLease()
+	var resumed dhcp.Lease
+	if haveSaved && time.Until(saved.Expires) > n.resumeMargin() {
+		resumed = dhcp.Lease{Namespace: saved.Namespace, IP: saved.Addr, Holder: n.ov.ID(), Issued: time.Now(), Expires: saved.Expires}
+		n.log.Info("resuming the saved lease", "addr", saved.Addr, "expires", saved.Expires.Format(time.RFC3339))
+		n.setLease(resumed)
+	}
 	if len(n.cfg.Bootstrap) > 0 || len(n.cfg.Peers) > 0 || fileExists(filepath.Join(n.cfg.StateDir, "peers.json")) {
 		wait, cancel := context.WithTimeout(ctx, dhtWait)
 		for d.RoutingTableSize() == 0 && wait.Err() == nil {
@@ -196,14 +216,14 @@ func (n *Node) keepLease(ctx context.Context) {
 		}
 	}
 	var prefer []netip.Addr
-	if saved, ok := n.savedLease(); ok {
-		prefer = append(prefer, saved)
+	if haveSaved {
+		prefer = append(prefer, saved.Addr)
 	}
 	if a, ok := n.cfg.PreferredAddr(); ok {
 		prefer = append(prefer, a)
 	}
-	for ctx.Err() == nil {
-		c, err := dhcp.NewClaimer(dhcp.ClaimConfig{
+	newClaimer := func() (*dhcp.Claimer, error) {
+		return dhcp.NewClaimer(dhcp.ClaimConfig{
 			Store:     d,
 			Key:       n.key,
 			Namespace: n.trust.nsID,
@@ -216,6 +236,31 @@ func (n *Node) keepLease(ctx context.Context) {
 			Validator: n.validator,
 			Log:       n.log,
 		})
+	}
+	// keep renews l until it is lost (true) or ctx ends (false).
+	keep := func(c *dhcp.Claimer, l dhcp.Lease) bool {
+		last, err := n.renewLease(ctx, c, l)
+		if ctx.Err() != nil {
+			return false
+		}
+		n.lease.lost.Add(1)
+		n.log.Warn("address lost; claiming another", "addr", last.IP, "err", err)
+		n.setLease(dhcp.Lease{})
+		prefer = nil
+		return true
+	}
+	if resumed.IP.IsValid() {
+		c, err := newClaimer()
+		if err != nil {
+			n.log.Error("cannot renew the saved lease", "err", err)
+			return
+		}
+		if l, ok := n.resumeLease(ctx, c, resumed); ok && !keep(c, l) {
+			return
+		}
+	}
+	for ctx.Err() == nil {
+		c, err := newClaimer()
 		if err != nil {
 			n.log.Error("cannot claim an address", "err", err)
 			return
@@ -233,14 +278,39 @@ func (n *Node) keepLease(ctx context.Context) {
 		n.log.Info("address claimed", "addr", l.IP, "namespace", l.Namespace, "expires", l.Expires.Format(time.RFC3339),
 			"took", time.Since(start).Round(time.Millisecond))
 		n.setLease(l)
-		last, err := n.renewLease(ctx, c, l)
-		if ctx.Err() != nil {
+		if !keep(c, l) {
 			return
 		}
-		n.lease.lost.Add(1)
-		n.log.Warn("address lost; claiming another", "addr", last.IP, "err", err)
-		n.setLease(dhcp.Lease{})
-		prefer = nil
+	}
+}
+
+// resumeLease renews l, the saved lease already back in use, until that
+// succeeds (true), or the lease is lost or about to run out, when the
+// node stops using it and claims afresh (false).
+func (n *Node) resumeLease(ctx context.Context, c *dhcp.Claimer, l dhcp.Lease) (dhcp.Lease, bool) {
+	start := time.Now()
+	for {
+		renewed, err := c.Renew(ctx, l)
+		switch {
+		case err == nil:
+			n.log.Info("saved lease renewed", "addr", renewed.IP, "expires", renewed.Expires.Format(time.RFC3339),
+				"took", time.Since(start).Round(time.Millisecond))
+			n.setLease(renewed)
+			return renewed, true
+		case ctx.Err() != nil:
+			return l, false
+		case errors.Is(err, dhcp.ErrLost):
+			n.lease.lost.Add(1)
+			n.log.Warn("the saved lease is another node's now; claiming afresh", "addr", l.IP, "err", err)
+			n.setLease(dhcp.Lease{})
+			return l, false
+		case time.Until(l.Expires) < n.resumeMargin():
+			n.log.Warn("the saved lease could not be renewed before it ran out; claiming afresh", "addr", l.IP, "err", err)
+			n.setLease(dhcp.Lease{})
+			return l, false
+		}
+		n.log.Info("renewing the saved lease failed; trying again", "addr", l.IP, "err", err)
+		sleep(ctx, 2*time.Second)
 	}
 }
 
@@ -319,25 +389,25 @@ func (n *Node) setLease(l dhcp.Lease) {
 		}
 	}
 	if l.IP.IsValid() {
-		n.saveLease(l.IP)
+		n.saveLease(l)
 	}
 }
 
-func (n *Node) savedLease() (netip.Addr, bool) {
+func (n *Node) savedLease() (savedLease, bool) {
 	b, err := os.ReadFile(filepath.Join(n.cfg.StateDir, leaseFile))
 	if err != nil {
-		return netip.Addr{}, false
+		return savedLease{}, false
 	}
 	var s savedLease
 	if err := json.Unmarshal(b, &s); err != nil || s.Namespace != n.trust.nsID || !n.subnet.Contains(s.Addr) {
 		n.log.Info("ignoring the saved lease", "file", leaseFile, "err", err)
-		return netip.Addr{}, false
+		return savedLease{}, false
 	}
-	return s.Addr, true
+	return s, true
 }
 
-func (n *Node) saveLease(ip netip.Addr) {
-	b, _ := json.Marshal(savedLease{Namespace: n.trust.nsID, Addr: ip})
+func (n *Node) saveLease(l dhcp.Lease) {
+	b, _ := json.Marshal(savedLease{Namespace: n.trust.nsID, Addr: l.IP, Expires: l.Expires.UTC()})
 	path := filepath.Join(n.cfg.StateDir, leaseFile)
 	tmp := path + ".tmp"
 	err := os.WriteFile(tmp, b, 0o600)

@@ -288,11 +288,7 @@ func TestLinkRekeysWhenPeerLostTheSession(t *testing.T) {
 			for i := 0; ; i++ {
 				pkt := ipv4("10.128.0.1", "10.128.0.2", fmt.Sprint(i))
 				sendPacket(t, a, pkt)
-				select {
-				case got := <-b.got:
-					if string(got) != string(pkt) {
-						continue // an earlier packet, late
-					}
+				if awaitPacket(b, pkt, 200*time.Millisecond) {
 					if pa.sendSession.Load() == lost {
 						t.Fatal("delivered under the session b lost")
 					}
@@ -303,13 +299,28 @@ func TestLinkRekeysWhenPeerLostTheSession(t *testing.T) {
 					t.Logf("delivered again after %d packets; b dropped %d as from no session it knows",
 						i+1, b.drops.unknownPeer.Load())
 					return
-				case <-time.After(200 * time.Millisecond):
 				}
 				if time.Now().After(deadline) {
 					t.Fatalf("a never handshook again: %d packets sent to a session b lost", i+1)
 				}
 			}
 		})
+	}
+}
+
+// awaitPacket reports whether n delivers want within d, passing over
+// earlier packets (late, or sent again).
+func awaitPacket(n *testNode, want []byte, d time.Duration) bool {
+	timeout := time.After(d)
+	for {
+		select {
+		case got := <-n.got:
+			if string(got) == string(want) {
+				return true
+			}
+		case <-timeout:
+			return false
+		}
 	}
 }
 

@@ -209,7 +209,7 @@ func medianDuration(ds []time.Duration) time.Duration {
 
 // TestLeaseSurvivesRestartAndExpires checks a lease's life in a small
 // ring with 12 s leases: a node that restarts from its state directory
-// gets its address back; once it is killed, its address stays its own
+// gets its address back, resuming its saved lease; once it is killed, its address stays its own
 // until the lease expires (a new VM that prefers it gets another), and
 // then goes to the next VM that asks for it.
 func TestLeaseSurvivesRestartAndExpires(t *testing.T) {
@@ -253,6 +253,9 @@ func TestLeaseSurvivesRestartAndExpires(t *testing.T) {
 	}
 	if st.Lease.Addr != x {
 		t.Fatalf("after a restart A holds %s, want %s", st.Lease.Addr, x)
+	}
+	if st.Lease.Claims != 0 {
+		t.Errorf("after a restart A claimed its address %d times, want its saved lease resumed without a claim", st.Lease.Claims)
 	}
 	t.Logf("A restarted and holds %s again after %v", x, time.Since(restart).Round(time.Millisecond))
 
