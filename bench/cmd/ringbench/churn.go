@@ -21,17 +21,7 @@ func churn(ctx context.Context, opts testbed.Options, base node.Config, n int, d
 	if err != nil {
 		return err
 	}
-	for _, vm := range vms[:3] {
-		b, err := vm.BootstrapAddr(ctx)
-		if err != nil {
-			return err
-		}
-		base.Bootstrap = append(base.Bootstrap, b)
-	}
-	if err := testbed.StartRing(ctx, base, vms, withPrefix(vips)); err != nil {
-		return err
-	}
-	if err := waitConsistent(ctx, vms, 2*time.Minute); err != nil {
+	if err := startChurnRing(ctx, base, vms, vips); err != nil {
 		return err
 	}
 	fmt.Printf("%d-node ring consistent; churning for %v\n", n, d)
@@ -54,4 +44,21 @@ func churn(ctx context.Context, opts testbed.Options, base node.Config, n int, d
 	fmt.Printf("ring consistent %v after the churn ended\n", time.Since(start).Round(100*time.Millisecond))
 	fmt.Printf("churn: delivered_pct=%.2f duplicates=%d\n", res.DeliveredPct(), res.Duplicates)
 	return nil
+}
+
+// startChurnRing starts a node on each VM, each with the first three as
+// its bootstrap nodes (so that a restarted node has one up to join
+// through), and waits until the ring is consistent.
+func startChurnRing(ctx context.Context, base node.Config, vms []*testbed.VM, vips []string) error {
+	for _, vm := range vms[:3] {
+		b, err := vm.BootstrapAddr(ctx)
+		if err != nil {
+			return err
+		}
+		base.Bootstrap = append(base.Bootstrap, b)
+	}
+	if err := testbed.StartRing(ctx, base, vms, withPrefix(vips)); err != nil {
+		return err
+	}
+	return waitConsistent(ctx, vms, 2*time.Minute)
 }

@@ -37,17 +37,7 @@ func contact(ctx context.Context, opts testbed.Options, base node.Config, n, tri
 	if err != nil {
 		return err
 	}
-	for _, vm := range vms[:3] {
-		b, err := vm.BootstrapAddr(ctx)
-		if err != nil {
-			return err
-		}
-		base.Bootstrap = append(base.Bootstrap, b)
-	}
-	if err := testbed.StartRing(ctx, base, vms, withPrefix(vips)); err != nil {
-		return err
-	}
-	if err := waitConsistent(ctx, vms, 2*time.Minute); err != nil {
+	if err := startChurnRing(ctx, base, vms, vips); err != nil {
 		return err
 	}
 	// The first minute after the boot, DHT lookups still fill buckets.
