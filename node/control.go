@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"runtime/pprof"
 	"time"
 
@@ -66,12 +67,18 @@ func (c *controlServer) handle(status func() Status, leases func(context.Context
 		enc.Encode(status())
 	})
 	// The runtime's profiles (heap, allocs, goroutine, ...), for `go tool
-	// pprof`: what a node's memory and goroutines are made of.
+	// pprof`: what a node's memory and goroutines are made of. A heap
+	// profile is as of the last garbage collection, minutes ago on an
+	// idle node; ?gc=1 runs one first, so that only live objects count.
 	mux.HandleFunc("GET /debug/pprof/{name}", func(w http.ResponseWriter, r *http.Request) {
-		p := pprof.Lookup(r.PathValue("name"))
+		name := r.PathValue("name")
+		p := pprof.Lookup(name)
 		if p == nil {
 			http.Error(w, "no such profile", http.StatusNotFound)
 			return
+		}
+		if name == "heap" && r.URL.Query().Get("gc") == "1" {
+			runtime.GC()
 		}
 		w.Header().Set("Content-Type", "application/octet-stream")
 		p.WriteTo(w, 0)

@@ -219,7 +219,7 @@ func TestControlSocketServesStatus(t *testing.T) {
 			return d.DialContext(ctx, "unix", ControlSocketIn(a.dir))
 		},
 	}}
-	for path, want := range map[string]int{"heap": http.StatusOK, "goroutine": http.StatusOK, "nonesuch": http.StatusNotFound} {
+	for path, want := range map[string]int{"heap": http.StatusOK, "heap?gc=1": http.StatusOK, "goroutine": http.StatusOK, "nonesuch": http.StatusNotFound} {
 		resp, err := client.Get("http://ringnet/debug/pprof/" + path)
 		if err != nil {
 			t.Fatal(err)
