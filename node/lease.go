@@ -89,8 +89,9 @@ func (s *leaseState) offerHistory() []OfferStatus {
 type savedLease struct {
 	Namespace string     `json:"namespace"`
 	Addr      netip.Addr `json:"addr"`
-	// Expires is when the lease runs out; zero in files of nodes from
-	// before it was saved.
+	// Holder and Expires say whose lease it was and when it runs out;
+	// empty in files of nodes from before they were saved.
+	Holder  string    `json:"holder,omitempty"`
 	Expires time.Time `json:"expires,omitzero"`
 }
 
@@ -197,7 +198,9 @@ func (n *Node) keepLease(ctx context.Context) {
 	d := n.ov.DHT()
 	saved, haveSaved := n.savedLease()
 	var resumed dhcp.Lease
-	if haveSaved && time.Until(saved.Expires) > n.resumeMargin() {
+	// Only a lease of this very identity: a clone started from a copy of
+	// the directory with a new identity.key must claim, not resume.
+	if haveSaved && saved.Holder == n.ov.ID().String() && time.Until(saved.Expires) > n.resumeMargin() {
 		resumed = dhcp.Lease{Namespace: saved.Namespace, IP: saved.Addr, Holder: n.ov.ID(), Issued: time.Now(), Expires: saved.Expires}
 		n.log.Info("resuming the saved lease", "addr", saved.Addr, "expires", saved.Expires.Format(time.RFC3339))
 		n.setLease(resumed)
@@ -407,7 +410,7 @@ func (n *Node) savedLease() (savedLease, bool) {
 }
 
 func (n *Node) saveLease(l dhcp.Lease) {
-	b, _ := json.Marshal(savedLease{Namespace: n.trust.nsID, Addr: l.IP, Expires: l.Expires.UTC()})
+	b, _ := json.Marshal(savedLease{Namespace: n.trust.nsID, Addr: l.IP, Holder: l.Holder.String(), Expires: l.Expires.UTC()})
 	path := filepath.Join(n.cfg.StateDir, leaseFile)
 	tmp := path + ".tmp"
 	err := os.WriteFile(tmp, b, 0o600)

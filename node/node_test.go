@@ -9,11 +9,14 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/ringnet/ringnet/overlay"
 	"github.com/ringnet/ringnet/tap"
 )
 
@@ -27,7 +30,12 @@ type vmNode struct {
 
 func startNode(t *testing.T, ctx context.Context, addr string, peers ...*vmNode) *vmNode {
 	t.Helper()
-	dir := t.TempDir()
+	return startNodeIn(t, ctx, t.TempDir(), addr, peers...)
+}
+
+// startNodeIn is startNode with the state directory dir.
+func startNodeIn(t *testing.T, ctx context.Context, dir, addr string, peers ...*vmNode) *vmNode {
+	t.Helper()
 	cfg := &Config{
 		StateDir: dir,
 		TAP:      TAPConfig{Address: addr},
@@ -178,6 +186,35 @@ func TestTwoNodesCarryAPing(t *testing.T) {
 	if len(ls) != 2 || ls[0].Addr != "10.128.0.1" || ls[0].Seen != "own" ||
 		ls[1].Addr != "10.128.0.2" || ls[1].Holder != b.ID().String() || ls[1].Seen != "replica" {
 		t.Errorf("a's leases: %+v", ls)
+	}
+}
+
+// TestSavedLeaseResumedOnlyByItsHolder: a node restarted on its state
+// directory puts its saved lease back to use without a claim; one started
+// on a copy of the directory with a new identity (a clone made as the
+// clone check tells) claims instead.
+func TestSavedLeaseResumedOnlyByItsHolder(t *testing.T) {
+	dir := t.TempDir()
+	run := func() Status {
+		t.Helper()
+		ctx, cancel := context.WithCancel(context.Background())
+		n := startNodeIn(t, ctx, dir, "10.128.0.1/16")
+		st := n.Status()
+		cancel()
+		n.Wait()
+		return st
+	}
+	if st := run(); st.Lease.Claims != 1 {
+		t.Fatalf("first start: %d claims, want 1", st.Lease.Claims)
+	}
+	if st := run(); st.Lease.Claims != 0 {
+		t.Errorf("restart: %d claims, want the saved lease resumed without one", st.Lease.Claims)
+	}
+	if err := os.Remove(filepath.Join(dir, overlay.IdentityFile)); err != nil {
+		t.Fatal(err)
+	}
+	if st := run(); st.Lease.Claims != 1 {
+		t.Errorf("new identity on the old directory: %d claims, want 1 (another node's saved lease is not resumed)", st.Lease.Claims)
 	}
 }
 
