@@ -34,7 +34,7 @@ func TestQUICDialHastyAfterTCPRefused(t *testing.T) {
 	q := hastyQUIC{inner, refused}
 	tcp := watchedTCP{refused: refused}
 	dead, live := peer.ID("dead"), peer.ID("live")
-	refusal := &net.OpError{Op: "dial", Net: "tcp", Err: fmt.Errorf("connect: %w", errConnRefused())}
+	refusal := &net.OpError{Op: "dial", Net: "tcp", Err: fmt.Errorf("connect: %w", syscall.ECONNREFUSED)}
 	tcp.note(dead, fmt.Errorf("dial tcp: %w", refusal))
 	tcp.note(live, fmt.Errorf("dial tcp: %w", context.DeadlineExceeded))
 
@@ -92,5 +92,3 @@ func TestDialToDeadNodeEndsSoon(t *testing.T) {
 		t.Errorf("gave up on the dead node after %v, want about %v", took.Round(time.Millisecond), refusedQUICTimeout)
 	}
 }
-
-func errConnRefused() error { return syscall.ECONNREFUSED }

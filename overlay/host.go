@@ -187,6 +187,8 @@ func (h *controlHost) Close() error {
 
 // quicKeys derives QUIC's stateless-reset and token keys from the
 // identity, as go-libp2p does: a restarted node's resets stay valid.
+// (go-libp2p's config package has these, but importing it links the
+// transports and framework newHost leaves out.)
 func quicKeys(key crypto.PrivKey) (reset gquic.StatelessResetKey, token gquic.TokenGeneratorKey, err error) {
 	raw, err := key.Raw()
 	if err != nil {

@@ -40,7 +40,7 @@ func contact(ctx context.Context, opts testbed.Options, base node.Config, n, tri
 	if err := startChurnRing(ctx, base, vms, vips); err != nil {
 		return err
 	}
-	// The first minute after the boot, DHT lookups still fill buckets.
+	// Just after the boot, DHT lookups still fill buckets.
 	time.Sleep(30 * time.Second)
 	fmt.Printf("%d-node ring consistent\n", n)
 
