@@ -41,13 +41,19 @@ func TestPacketToALostSessionGoesAgain(t *testing.T) {
 		if pa.sendSession.Load() == lost {
 			t.Error("delivered, but a still sends under the session b lost")
 		}
-		if got := a.resentAfterLost.Load() - resent; got != 1 {
-			t.Errorf("a sent %d packets again, want 1", got)
+		// The counter goes up after the resent packet has left, so it may
+		// lag its arrival.
+		deadline := time.Now().Add(time.Second)
+		for a.resentAfterLost.Load() == resent && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
 		}
 		select {
 		case got := <-b.got:
 			t.Fatalf("a second packet arrived: %x", got)
 		case <-time.After(500 * time.Millisecond):
+		}
+		if got := a.resentAfterLost.Load() - resent; got != 1 {
+			t.Errorf("a sent %d packets again, want 1", got)
 		}
 		return
 	}
