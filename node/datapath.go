@@ -55,13 +55,21 @@ func (r frameReader) read(bufs [][]byte, sizes []int) (int, error) {
 // outbound is the loop that reads frames from the TAP, in batches, each
 // readOff bytes into a buffer of its own, and hands each to handle with
 // the batch's send queue. The queue is flushed when the batch is done.
+//
+// A batch starts with one buffer and doubles, up to frameBatch, each time
+// a read fills it: an idle VM's node holds one 64 KiB buffer, not
+// frameBatch of them, and a busy one reaches full batches within a few
+// reads.
 func (n *Node) outbound(readOff int, handle func(buf, frame []byte, q *overlay.SendQueue)) {
-	bufs := make([][]byte, frameBatch)
-	reads := make([][]byte, frameBatch)
-	for i := range bufs {
-		bufs[i] = make([]byte, readOff+tap.VirtioNetHdrLen+tap.EthHeaderLen+65536+overlay.TagLen)
-		reads[i] = bufs[i][readOff : len(bufs[i])-overlay.TagLen]
+	var bufs, reads [][]byte
+	grow := func(to int) {
+		for len(bufs) < to {
+			b := make([]byte, readOff+tap.VirtioNetHdrLen+tap.EthHeaderLen+65536+overlay.TagLen)
+			bufs = append(bufs, b)
+			reads = append(reads, b[readOff:len(b)-overlay.TagLen])
+		}
 	}
+	grow(1)
 	sizes := make([]int, frameBatch)
 	q := n.ov.NewSendQueue(frameBatch)
 	r := newFrameReader(n.dev)
@@ -77,6 +85,9 @@ func (n *Node) outbound(readOff int, handle func(buf, frame []byte, q *overlay.S
 			handle(bufs[i], reads[i][:sizes[i]], q)
 		}
 		q.Flush()
+		if cnt == len(bufs) && cnt < frameBatch {
+			grow(min(2*cnt, frameBatch))
+		}
 	}
 }
 
@@ -121,8 +132,10 @@ func (n *Node) readTAPOffload() {
 	layout := tap.SegmentLayout{Headroom: overlay.HeaderLen, Tailroom: overlay.TagLen}
 	// A 64 KiB packet in segments of at least 576 bytes, each with its
 	// header and tag.
+	// Made with the first such packet: a VM that never sends TCP in
+	// bulk never needs it.
 	const maxSegs = 65536/(576-40) + 1
-	segs := make([]byte, maxSegs*(n.mtu+overlay.Overhead))
+	var segs []byte
 	segSizes := make([]int, maxSegs)
 	dhcpOut := make([]byte, tap.VirtioNetHdrLen+dhcp.MaxFrameLen)
 	var frags fragmentSender
@@ -141,6 +154,9 @@ func (n *Node) readTAPOffload() {
 			// Complete, and already where it is sealed.
 			q.Send(res.Dst, buf[sendOff:], len(res.Packet))
 		case tap.ForwardGSO:
+			if segs == nil {
+				segs = make([]byte, maxSegs*(n.mtu+overlay.Overhead))
+			}
 			c, stride, err := tap.Segment(res.GSO, res.Packet, n.mtu, segs, layout, segSizes)
 			if err != nil {
 				n.segmentFailed.Add(1)

@@ -16,18 +16,18 @@ const recvBatch = 8
 // receiveUDP reads the data socket until it closes: up to recvBatch reads
 // per system call, each a datagram or a GRO run of datagrams from one
 // sender, handled in place. The Receiver's batch ends with the call.
+//
+// The batch starts with one buffer and doubles, up to recvBatch, each
+// time a call fills it, so that an idle node holds one 64 KiB buffer.
 func (o *Overlay) receiveUDP() {
 	rx := o.cfg.NewReceiver()
 	m := newMmsgs(recvBatch, 64)
-	bufs := make([][]byte, recvBatch)
-	for i := range bufs {
-		bufs[i] = make([]byte, maxDatagram)
-	}
+	bufs := [][]byte{make([]byte, maxDatagram)}
 	for {
-		for i := range recvBatch {
+		for i := range bufs {
 			m.set(i, bufs[i], netip.AddrPort{})
 		}
-		cnt, err := o.udp.recvmmsg(m, recvBatch)
+		cnt, err := o.udp.recvmmsg(m, len(bufs))
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
@@ -49,6 +49,11 @@ func (o *Overlay) receiveUDP() {
 			}
 		}
 		rx.Flush()
+		if cnt == len(bufs) {
+			for len(bufs) < min(2*cnt, recvBatch) {
+				bufs = append(bufs, make([]byte, maxDatagram))
+			}
+		}
 	}
 }
 

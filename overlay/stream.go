@@ -48,7 +48,7 @@ type streamSender struct {
 }
 
 func newStreamSender(o *Overlay, id peer.ID) *streamSender {
-	return &streamSender{o: o, id: id, idleAfter: streamIdle, queue: make(chan []byte, streamQueueLen)}
+	return &streamSender{o: o, id: id, idleAfter: streamIdle}
 }
 
 // send queues a copy of dgram, starting the writer if needed.
@@ -57,6 +57,12 @@ func (s *streamSender) send(dgram []byte) error {
 	defer s.mu.Unlock()
 	if s.closed {
 		return errLinkClosed
+	}
+	if s.queue == nil {
+		// Made on first use: most links never send on the stream, and
+		// a node has a sender for every peer. The writer starts after
+		// this and the field never changes again.
+		s.queue = make(chan []byte, streamQueueLen)
 	}
 	select {
 	case s.queue <- append([]byte(nil), dgram...):
