@@ -50,6 +50,7 @@ func buildAndRun(m *testing.M) int {
 	// packages, -o names a directory: each binary is named after its
 	// package.
 	build := exec.Command("go", append([]string{"build", "-o", dir + string(filepath.Separator)}, pkgs...)...)
+	build.Env = append(os.Environ(), "CGO_ENABLED=0") // as shipped: see README
 	if out, err := build.CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "build %v: %v\n%s", pkgs, err, out)
 		return 1

@@ -1,6 +1,7 @@
 package testbed
 
 import (
+	"os"
 	"os/exec"
 	"path/filepath"
 	"syscall"
@@ -14,7 +15,9 @@ import (
 func TestNodeLifecycle(t *testing.T) {
 	RequireRoot(t)
 	bin := filepath.Join(t.TempDir(), "ringnet")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/ringnet/ringnet/cmd/ringnet").CombinedOutput(); err != nil {
+	build := exec.Command("go", "build", "-o", bin, "github.com/ringnet/ringnet/cmd/ringnet")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build ringnet: %v\n%s", err, out)
 	}
 	bed := NewT(t, Options{RingnetPath: bin})
