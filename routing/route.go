@@ -35,7 +35,9 @@ func closer(a, da, b, db Addr, dst Addr) bool {
 // absent): the packet is delivered here and sent on to that neighbour,
 // unless it came from there. So a packet for an absent address reaches
 // both nodes around it, which is how a joining node finds its neighbours
-// on both sides, and the second of them never sends it back.
+// on both sides, and the second of them never sends it back. A node that
+// the links advertise in that gap is not absent, though: it could not
+// link to this node (NATs on both sides), and greedy routing reaches it.
 //
 // Otherwise routing is greedy over two hops (neighbour of neighbour, as
 // the Symphony paper suggests): among this node's ring links and every
@@ -56,6 +58,13 @@ func (t *Table) NextHop(dst Addr, from peer.ID) Hop {
 		n := t.closestOnSide(cw)
 		if n == nil || !passes(self, dst, n.Addr, cw) {
 			continue
+		}
+		if k, ok := t.closestKnownOnSide(cw); ok && k != n.Addr && !passes(self, dst, k, cw) {
+			// A node the links advertise lies in the gap, nearer than
+			// the link: one this node has no link to (behind a NAT, it
+			// could not link). dst is not absent; greedy routing below
+			// reaches it through a link that knows it.
+			break
 		}
 		h := Hop{Deliver: true, Nearest: closer(self, selfD, n.Addr, n.Addr.Distance(dst), dst)}
 		if n.Peer != from && !n.Unreachable {
@@ -105,6 +114,36 @@ func passes(self, dst, n Addr, cw bool) bool {
 		return self.Clockwise(dst).Less(self.Clockwise(n))
 	}
 	return dst.Clockwise(self).Less(n.Clockwise(self))
+}
+
+// closestKnownOnSide returns the address nearest to this node going
+// clockwise (cw) or anticlockwise among its ring links and the nodes they
+// advertise.
+func (t *Table) closestKnownOnSide(cw bool) (Addr, bool) {
+	var best, bestD Addr
+	found := false
+	consider := func(a Addr) {
+		if a == t.self.Addr {
+			return
+		}
+		d := t.self.Addr.Clockwise(a)
+		if !cw {
+			d = a.Clockwise(t.self.Addr)
+		}
+		if !found || d.Less(bestD) {
+			best, bestD, found = a, d, true
+		}
+	}
+	for _, l := range t.links {
+		if !l.Routes() {
+			continue
+		}
+		consider(l.Addr)
+		for _, n := range l.Neighbours {
+			consider(n.Addr)
+		}
+	}
+	return best, found
 }
 
 // closestOnSide returns the ring link nearest to this node going clockwise

@@ -193,3 +193,32 @@ func TestNextHopNoLoops(t *testing.T) {
 		}
 	}
 }
+
+// TestNextHopReachesAnUnlinkedNeighbour: a node at 0x60 that could not
+// link to its neighbours 0x50 and 0x70 (NATs on all three) but is linked
+// to 0x30 and 0x90, which advertise it, is reached from every node,
+// although 0x50 and 0x70 are linked to each other across it.
+func TestNextHopReachesAnUnlinkedNeighbour(t *testing.T) {
+	r := testRing()
+	j := &Table{self: Neighbour{Peer: "j", Addr: at(0x60)}}
+	r.tables[j.self.Peer] = j
+	r.link(j, r.byAddr(at(0x30)), Near)
+	r.link(j, r.byAddr(at(0x90)), Near)
+	r.refresh()
+	for _, l := range j.links {
+		l.Neighbours = r.tables[l.Peer].Advertise()
+	}
+	for _, src := range r.order {
+		got, nearest, _, err := r.route(src, j.self.Addr)
+		if err != nil {
+			t.Fatalf("%s -> j: %v", src.self.Addr, err)
+		}
+		if len(got) != 1 || got[0] != j || nearest != j {
+			t.Fatalf("%s -> j: delivered to %v", src.self.Addr, got)
+		}
+		got, _, _, err = r.route(j, src.self.Addr)
+		if err != nil || len(got) != 1 || got[0] != src {
+			t.Fatalf("j -> %s: delivered to %v (%v)", src.self.Addr, got, err)
+		}
+	}
+}
