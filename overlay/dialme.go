@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/ringnet/ringnet/routing"
@@ -111,14 +114,18 @@ func (r *ringManager) onDialMe(rh routing.Header, body []byte) {
 		return
 	}
 	r.mu.Lock()
-	_, ok := r.answeredLocked(m)
+	q, ok := r.answeredLocked(m)
 	r.mu.Unlock()
 	if !ok {
 		return
 	}
+	// QUIC only to an answerer that opened its NAT to this node's: one
+	// that was told this node's public address, still its address.
+	public, natted := r.o.portPreservingNAT()
+	withQUIC := natted && q.public == public
 	r.o.noteDialMe(time.Now())
 	r.goDial(func() {
-		if err := r.dialAnswerer(r.o.ctx, m); err != nil {
+		if err := r.dialAnswerer(r.o.ctx, m, withQUIC); err != nil {
 			r.counters.dialFailed.Add(1)
 			r.mu.Lock()
 			if len(r.dialFailed) < maxDialFailed {
@@ -138,24 +145,100 @@ func (r *ringManager) onDialMe(rh routing.Header, body []byte) {
 }
 
 // dialAnswerer dials the node that answered with m.
-func (r *ringManager) dialAnswerer(ctx context.Context, m *routing.ConnectToMe) error {
+func (r *ringManager) dialAnswerer(ctx context.Context, m *routing.ConnectToMe, withQUIC bool) error {
 	h := r.o.host
 	if h.Network().Connectedness(m.Requester) == network.Connected {
 		return nil
 	}
-	info := peer.AddrInfo{ID: m.Requester}
-	for _, ep := range m.Endpoints {
+	info := peer.AddrInfo{ID: m.Requester, Addrs: r.dialAddrs(m.Endpoints, withQUIC)}
+	if len(info.Addrs) == 0 {
+		return errors.New("no endpoint to dial")
+	}
+	if sw, ok := h.Network().(*swarm.Swarm); ok {
+		// The answerer has just opened its NAT to this node: an earlier
+		// failure is no reason to wait.
+		sw.Backoff().Clear(m.Requester)
+	}
+	// Only the endpoints the answerer signed: a QUIC dial to an address
+	// of its NAT it did not open (one the DHT passed on) would spoil the
+	// port there for the dial that can work.
+	h.Peerstore().ClearAddrs(m.Requester)
+	r.o.log.Debug("dialling the answerer", "peer", m.Requester, "addrs", info.Addrs)
+	ctx, cancel := context.WithTimeout(ctx, dialTimeout)
+	defer cancel()
+	return h.Connect(ctx, info)
+}
+
+// dialAddrs are the addresses endpoints are dialled at: TCP, and with
+// withQUIC, QUIC too.
+//
+// Two near neighbours behind NATs link like this. Each names its NAT's
+// public address among its endpoints. The answerer's TCP dial to the
+// requester fails, but first it opens its own NAT from its QUIC port to
+// the requester (openNAT). The requester, told to dial back (a
+// dial-me), dials the answerer over QUIC, from its own QUIC port: its
+// NAT lets the datagrams out, and the answerer's NAT takes them as
+// answers to the opener.
+func (r *ringManager) dialAddrs(eps []netip.AddrPort, withQUIC bool) []ma.Multiaddr {
+	var out []ma.Multiaddr
+	for _, ep := range eps {
 		if !ep.Addr().Is4() || ep.Addr().IsUnspecified() {
 			continue
 		}
 		if a, err := ma.NewMultiaddr(fmt.Sprintf("/ip4/%s/tcp/%d", ep.Addr(), ep.Port())); err == nil {
-			info.Addrs = append(info.Addrs, a)
+			out = append(out, a)
+		}
+		if !withQUIC {
+			continue
+		}
+		if a, err := ma.NewMultiaddr(fmt.Sprintf("/ip4/%s/udp/%d/quic-v1", ep.Addr(), ep.Port())); err == nil {
+			out = append(out, a)
 		}
 	}
-	if len(info.Addrs) == 0 {
-		return errors.New("no endpoint to dial")
+	return out
+}
+
+// openNAT opens this node's NAT, if it is behind one that keeps ports,
+// from its QUIC ports to endpoints (see dialAddrs).
+func (r *ringManager) openNAT(eps []netip.AddrPort) {
+	if _, natted := r.o.portPreservingNAT(); !natted {
+		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, dialTimeout)
-	defer cancel()
-	return h.Connect(ctx, info)
+	ch, ok := r.o.host.(*controlHost)
+	if !ok {
+		return
+	}
+	for _, port := range r.o.controlPorts() {
+		n := ch.quicSockets.openNAT(port, eps, punchTTL)
+		r.counters.natOpeners.Add(uint64(n))
+		r.o.log.Debug("opened the NAT", "port", port, "to", eps, "sent", n)
+	}
+}
+
+// portPreservingNAT reports whether the node is behind a NAT that maps
+// the data socket to one public address for every destination and keeps
+// its port, and that public address.
+func (o *Overlay) portPreservingNAT() (netip.Addr, bool) {
+	nat := o.NAT()
+	ok := nat.Mapping == MappingIndependent && nat.Public.Port() == o.DataAddr().Port() && nat.Public.Addr().Is4()
+	return nat.Public.Addr(), ok
+}
+
+// controlPorts are the ports the control host listens on for QUIC.
+func (o *Overlay) controlPorts() []uint16 {
+	var ports []uint16
+	for _, a := range o.host.Addrs() {
+		if _, err := a.ValueForProtocol(ma.P_QUIC_V1); err != nil {
+			continue
+		}
+		s, err := a.ValueForProtocol(ma.P_UDP)
+		if err != nil {
+			continue
+		}
+		var port uint16
+		if _, err := fmt.Sscan(s, &port); err == nil && !slices.Contains(ports, port) {
+			ports = append(ports, port)
+		}
+	}
+	return ports
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"slices"
 	"sync"
@@ -133,7 +134,8 @@ func newHost(key crypto.PrivKey, listen []string, g *gater, bw *metrics.Bandwidt
 	if err != nil {
 		return fail(err)
 	}
-	qcm, err := quicreuse.NewConnManager(resetKey, tokenKey)
+	socks := new(quicSockets)
+	qcm, err := quicreuse.NewConnManager(resetKey, tokenKey, quicreuse.OverrideListenUDP(socks.listen))
 	if err != nil {
 		return fail(err)
 	}
@@ -165,13 +167,14 @@ func newHost(key crypto.PrivKey, listen []string, g *gater, bw *metrics.Bandwidt
 		return fail(err)
 	}
 	h.Start()
-	return &controlHost{BasicHost: h, quic: qcm}, nil
+	return &controlHost{BasicHost: h, quic: qcm, quicSockets: socks}, nil
 }
 
 // controlHost is the host and the QUIC socket manager it does not close.
 type controlHost struct {
 	*basichost.BasicHost
-	quic *quicreuse.ConnManager
+	quic        *quicreuse.ConnManager
+	quicSockets *quicSockets
 
 	closeOnce sync.Once
 	closeErr  error
@@ -280,4 +283,51 @@ func (o *Overlay) ControlTraffic() map[string]uint64 {
 		m[name] += uint64(st.TotalIn + st.TotalOut)
 	}
 	return m
+}
+
+// quicSockets are the UDP sockets QUIC runs on, kept so that the ring can
+// open this node's NAT from the control port (openNAT).
+type quicSockets struct {
+	mu    sync.Mutex
+	conns []*net.UDPConn
+}
+
+func (q *quicSockets) listen(network string, laddr *net.UDPAddr) (net.PacketConn, error) {
+	c, err := net.ListenUDP(network, laddr)
+	if err != nil {
+		return nil, err
+	}
+	q.mu.Lock()
+	q.conns = append(q.conns, c)
+	q.mu.Unlock()
+	return c, nil
+}
+
+// openNAT sends a datagram from the QUIC socket on port to each address,
+// with an IP TTL of ttl: enough to leave through this node's NAT and so
+// open a mapping from the control port to the address, too little to
+// reach a NAT in front of the address, where it would take the port that
+// the peer's dial needs (a Linux NAT that sees a datagram come in to it
+// keeps the flow, and maps the peer's later datagrams to another port).
+func (q *quicSockets) openNAT(port uint16, to []netip.AddrPort, ttl int) int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	sent := 0
+	q.conns = slices.DeleteFunc(q.conns, func(c *net.UDPConn) bool {
+		a, ok := c.LocalAddr().(*net.UDPAddr)
+		if !ok || a.Port != int(port) || a.IP.To4() == nil || sent > 0 {
+			return false
+		}
+		for _, ep := range to {
+			err := writeTTL(c, []byte{0}, ep, ttl)
+			if errors.Is(err, net.ErrClosed) {
+				return true // quicreuse closed it: forget it
+			}
+			if err == nil {
+				sent++
+			}
+		}
+		return false
+	})
+	return sent
 }

@@ -108,6 +108,9 @@ type request struct {
 	sent time.Time
 	farN float64 // for far links: the estimate of N the target was drawn for
 	peer peer.ID // for shortcuts: the node asked
+	// public is the NAT's public address the request named among its
+	// endpoints, if any: an answerer behind a NAT opened its own to it.
+	public netip.Addr
 }
 
 // pendingKey names a request: a node may ask for a near link and a
@@ -172,13 +175,13 @@ type activity struct {
 }
 
 type ringCounters struct {
-	connectSent, connectAnswered, connectRefused, connectBusy atomic.Uint64
-	answersUnsolicited, linksUp, linksDown, listsSent         atomic.Uint64
-	listsStale, lying, bootstrapFailed, dialFailed            atomic.Uint64
-	shortcutsFormed, shortcutsFailed, shortcutsDropped        atomic.Uint64
-	dialMeSent, shortcutsPunched, timeToDirectSamples         atomic.Uint64
-	staleHints                                                atomic.Uint64
-	timeToDirectMs                                            atomic.Int64 // the last shortcut's
+	connectSent, connectAnswered, connectRefused, connectBusy     atomic.Uint64
+	answersUnsolicited, linksUp, linksDown, listsSent             atomic.Uint64
+	listsStale, lying, bootstrapFailed, dialFailed                atomic.Uint64
+	shortcutsFormed, shortcutsFailed, shortcutsDropped            atomic.Uint64
+	dialMeSent, shortcutsPunched, timeToDirectSamples, natOpeners atomic.Uint64
+	staleHints                                                    atomic.Uint64
+	timeToDirectMs                                                atomic.Int64 // the last shortcut's
 }
 
 func newRingManager(o *Overlay) *ringManager {
@@ -389,12 +392,12 @@ func (r *ringManager) round(ctx context.Context) {
 		if _, ok := r.pending[pendingKey{target, kind}]; ok {
 			return
 		}
-		body, err := r.connectToMe(kind, target)
+		body, public, err := r.connectToMe(kind, target)
 		if err != nil {
 			r.o.log.Debug("connect-to-me", "err", err)
 			return
 		}
-		r.pending[pendingKey{target, kind}] = request{kind: kind, sent: now, farN: farN}
+		r.pending[pendingKey{target, kind}] = request{kind: kind, sent: now, farN: farN, public: public}
 		out = append(out, routed{typeConnect, target, body, kind})
 	}
 	self := r.t.Self()
@@ -539,26 +542,44 @@ func (r *ringManager) bootstrapLocked(ctx context.Context, now time.Time) {
 // control endpoints.
 // A node that is not yet in the ring names the node its request goes
 // through (its leaf link) as the relay for dial-me messages. r.mu is held.
-func (r *ringManager) connectToMe(kind routing.Kind, target routing.Addr) ([]byte, error) {
+func (r *ringManager) connectToMe(kind routing.Kind, target routing.Addr) ([]byte, netip.Addr, error) {
 	self := r.t.Self()
+	eps, public := r.endpoints()
 	m := routing.ConnectToMe{
 		Kind: kind, TTL: routeTTL, Requester: self.Peer, Addr: self.Addr, Target: target,
-		Endpoints: r.endpoints(),
+		Endpoints: eps,
 	}
 	if !slices.ContainsFunc(r.t.Links(), (*routing.Link).Routes) && r.t.Len() > 0 {
 		leaf := r.t.Links()[0]
 		m.Relay = routing.Neighbour{Peer: leaf.Peer, Addr: leaf.Addr}
 	}
 	if err := m.Sign(r.o.cfg.Identity); err != nil {
-		return nil, err
+		return nil, netip.Addr{}, err
 	}
-	return m.MarshalBinary()
+	b, err := m.MarshalBinary()
+	return b, public, err
 }
 
-// endpoints are the node's TCP control addresses, where a node answering
-// a request dials it; loopback only on a node that has nothing else.
-func (r *ringManager) endpoints() []netip.AddrPort {
-	var eps, loop []netip.AddrPort
+// endpoints are the node's control addresses, where a node answering a
+// request dials it; loopback only on a node that has nothing else.
+//
+// Behind a NAT that keeps the data socket's port and one mapping for
+// every destination (as STUN showed), the NAT's public address with the
+// control port goes too: the NAT will most likely map the control
+// socket's port the same way. A node behind another NAT cannot dial it
+// there at first, but its try opens its own NAT to this node, and this
+// node's dial back (the dial-me) then gets through: the two NATed near
+// neighbours link directly (see dialAddrs).
+func (r *ringManager) endpoints() (eps []netip.AddrPort, public netip.Addr) {
+	var loop []netip.AddrPort
+	if nat, ok := r.o.portPreservingNAT(); ok {
+		for _, port := range r.o.controlPorts() {
+			if len(eps) < routing.MaxEndpoints {
+				eps = append(eps, netip.AddrPortFrom(nat, port))
+				public = nat
+			}
+		}
+	}
 	for _, a := range r.o.host.Addrs() {
 		ip, err := manet.ToIP(a)
 		if err != nil {
@@ -581,9 +602,9 @@ func (r *ringManager) endpoints() []netip.AddrPort {
 		}
 	}
 	if len(eps) == 0 && len(loop) > 0 {
-		return loop[:1]
+		return loop[:1], public
 	}
-	return eps
+	return eps, public
 }
 
 // addLinkLocked records a link this node keeps for kinds (zero when only
@@ -903,8 +924,8 @@ func (r *ringManager) onConnect(rh routing.Header, m *routing.ConnectToMe, neare
 	}
 	answer := routing.ConnectToMe{
 		Kind: m.Kind, TTL: 1, Requester: self.Peer, Addr: self.Addr, Target: m.Target,
-		Endpoints: r.endpoints(),
 	}
+	answer.Endpoints, _ = r.endpoints()
 	if err := answer.Sign(r.o.cfg.Identity); err != nil {
 		r.o.log.Warn("connect-to-me answer not signed", "err", err)
 		return
@@ -985,16 +1006,11 @@ func (r *ringManager) answer(req, ans *routing.ConnectToMe) error {
 	ctx := r.o.ctx
 	h := r.o.host
 	if h.Network().Connectedness(req.Requester) != network.Connected {
-		info := peer.AddrInfo{ID: req.Requester}
-		for _, ep := range req.Endpoints {
-			if !ep.Addr().Is4() || ep.Addr().IsUnspecified() {
-				continue
-			}
-			a, err := ma.NewMultiaddr(fmt.Sprintf("/ip4/%s/tcp/%d", ep.Addr(), ep.Port()))
-			if err == nil {
-				info.Addrs = append(info.Addrs, a)
-			}
-		}
+		// TCP only: a QUIC dial's datagrams would reach the requester's
+		// NAT and spoil its port for the dial back (see openNAT).
+		r.openNAT(req.Endpoints)
+		h.Peerstore().ClearAddrs(req.Requester)
+		info := peer.AddrInfo{ID: req.Requester, Addrs: r.dialAddrs(req.Endpoints, false)}
 		if len(info.Addrs) == 0 {
 			return errors.New("no endpoint to dial")
 		}
@@ -1137,6 +1153,7 @@ func (o *Overlay) Ring() (st RingStatus, ok bool) {
 		"bootstrap_failed":    c.bootstrapFailed.Load(),
 		"dial_failed":         c.dialFailed.Load(),
 		"dial_me_sent":        c.dialMeSent.Load(),
+		"nat_openers":         c.natOpeners.Load(),
 		"stale_hints":         c.staleHints.Load(),
 		"forwarded":           r.o.forwarded.Load(),
 		"deaf_links_closed":   r.o.deafLinks.Load(),

@@ -84,11 +84,11 @@ func (r *ringManager) countTraffic(ctx context.Context, now time.Time) {
 		if r.t.Link(id) != nil {
 			continue // a ring link carries the traffic already
 		}
-		body, err := r.connectToMe(routing.Shortcut, target)
+		body, public, err := r.connectToMe(routing.Shortcut, target)
 		if err != nil {
 			continue
 		}
-		r.pending[key] = request{kind: routing.Shortcut, sent: now, peer: id}
+		r.pending[key] = request{kind: routing.Shortcut, sent: now, peer: id, public: public}
 		asks = append(asks, ask{id, body})
 	}
 	if r.rounds%sweepEvery == 0 {

@@ -132,6 +132,11 @@ func (u *udpConn) String() string {
 // peer's NAT, where an early packet would make conntrack pick another
 // port for the mapping the peer is about to send to.
 func (c *udpConn) writeTTL(b []byte, to netip.AddrPort, ttl int) error {
+	return writeTTL(c.UDPConn, b, to, ttl)
+}
+
+// writeTTL sends b to to with an IP TTL of ttl for this datagram only.
+func writeTTL(c *net.UDPConn, b []byte, to netip.AddrPort, ttl int) error {
 	oob := make([]byte, unix.CmsgSpace(4))
 	h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
 	h.Level, h.Type = unix.IPPROTO_IP, unix.IP_TTL

@@ -507,7 +507,7 @@ func TestJoinBetweenNATedNeighbours(t *testing.T) {
 	}
 	// The joiner last, once its neighbours are in the ring: linked to
 	// the public nodes (not to each other, which neither can dial).
-	startRing(t, node.Config{}, []*ringVM{b0, p1, nated[0], nated[2]})
+	startRing(t, node.Config{LogLevel: "debug"}, []*ringVM{b0, p1, nated[0], nated[2]})
 	waitFor(t, "the NATed neighbours to join", func() bool {
 		st, err := b0.vm.Status(ctx)
 		if err != nil {
@@ -526,7 +526,7 @@ func TestJoinBetweenNATedNeighbours(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	if err := joiner.vm.StartNode(ctx, node.Config{Bootstrap: []string{boot}, TAP: node.TAPConfig{Address: joiner.vip + "/16"}}); err != nil {
+	if err := joiner.vm.StartNode(ctx, node.Config{LogLevel: "debug", Bootstrap: []string{boot}, TAP: node.TAPConfig{Address: joiner.vip + "/16"}}); err != nil {
 		t.Fatal(err)
 	}
 	if joiner.id, err = joiner.vm.PeerID(ctx); err != nil {
@@ -549,6 +549,26 @@ func TestJoinBetweenNATedNeighbours(t *testing.T) {
 	if st.Ring.Counters["dial_failed"] == 0 {
 		t.Error("the joiner never failed to dial a NATed neighbour: the test did not set up what it tests")
 	}
+
+	// Behind port-preserving NATs, the neighbours' dials open the way
+	// for each other: the joiner links directly to both.
+	var direct []string
+	waitFor(t, "direct near links between the NATed neighbours", func() bool {
+		st, err := joiner.vm.Status(ctx)
+		if err != nil {
+			return false
+		}
+		direct = direct[:0]
+		for _, l := range st.Ring.Links {
+			if (l.PeerID == nated[0].id || l.PeerID == nated[2].id) && strings.Contains(l.Kinds, "near") {
+				direct = append(direct, l.Remote)
+			}
+		}
+		return len(direct) == 2
+	})
+	t.Logf("the joiner's near links to its NATed neighbours run direct, to %v", direct)
+	_, took := waitRingConsistent(t, vms, 30*time.Second)
+	t.Logf("ring consistent %v later", took.Round(100*time.Millisecond))
 }
 
 // natedBetweenNATed returns three identity keys whose ring addresses,
@@ -557,19 +577,7 @@ func TestJoinBetweenNATedNeighbours(t *testing.T) {
 func natedBetweenNATed(t *testing.T, public []routing.Addr) []crypto.PrivKey {
 	t.Helper()
 	for range 10000 {
-		keys := make([]crypto.PrivKey, 3)
-		addrs := make([]routing.Addr, 3)
-		for i := range keys {
-			k, _, err := crypto.GenerateEd25519Key(nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			id, err := peer.IDFromPrivateKey(k)
-			if err != nil {
-				t.Fatal(err)
-			}
-			keys[i], addrs[i] = k, routing.AddrFromPeer(id)
-		}
+		keys, addrs := randomKeys(t, 3)
 		// Going clockwise from the joiner, the next node must be
 		// keys[2]'s, and going anticlockwise keys[0]'s.
 		next, prev := true, true
@@ -587,6 +595,25 @@ func natedBetweenNATed(t *testing.T, public []routing.Addr) []crypto.PrivKey {
 	}
 	t.Fatal("no layout found")
 	return nil
+}
+
+// randomKeys returns n new identity keys and their ring addresses.
+func randomKeys(t *testing.T, n int) ([]crypto.PrivKey, []routing.Addr) {
+	t.Helper()
+	keys := make([]crypto.PrivKey, n)
+	addrs := make([]routing.Addr, n)
+	for i := range keys {
+		k, _, err := crypto.GenerateEd25519Key(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, err := peer.IDFromPrivateKey(k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys[i], addrs[i] = k, routing.AddrFromPeer(id)
+	}
+	return keys, addrs
 }
 
 // writeIdentity installs key as the node identity in a state directory,

@@ -96,8 +96,9 @@ func shortcutBench(ctx context.Context, opts testbed.Options, base node.Config, 
 			return fmt.Errorf("%s never joined: %w", vm.Name(), err)
 		}
 	}
-	// Two NATed nodes next to each other on the ring cannot link (no
-	// tunnel links yet), so the ring may stay short of consistent.
+	// Two nodes next to each other on the ring behind NATs that change
+	// ports cannot link (no tunnel links yet), so the ring may stay
+	// short of consistent.
 	if err := waitConsistent(ctx, vms, 30*time.Second); err != nil {
 		fmt.Printf("warning: %v\n", err)
 	}
