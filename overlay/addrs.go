@@ -169,11 +169,9 @@ func (o *Overlay) lookupAddr(ip netip.Addr) bool {
 	r.inFlight[ip] = true
 	r.mu.Unlock()
 	r.lookups.Add(1)
-	o.wg.Add(1)
-	go func() {
-		defer o.wg.Done()
+	o.spawn(func() {
 		o.resolveAddr(ip)
-	}()
+	})
 	return true
 }
 

@@ -78,16 +78,12 @@ func (o *Overlay) startAdmission() {
 			if o.isAdmitted(id, time.Now()) {
 				return
 			}
-			o.wg.Add(1)
-			go func() {
-				defer o.wg.Done()
+			o.spawn(func() {
 				o.exchangeProofs(id)
-			}()
+			})
 		},
 	})
-	o.wg.Add(1)
-	go func() {
-		defer o.wg.Done()
+	o.spawn(func() {
 		t := time.NewTicker(admitRecheck)
 		defer t.Stop()
 		for {
@@ -98,7 +94,7 @@ func (o *Overlay) startAdmission() {
 				o.recheckAdmissions()
 			}
 		}
-	}()
+	})
 }
 
 // isAdmitted reports whether id's proof checked and is still valid. In
@@ -243,11 +239,9 @@ func (o *Overlay) checkProof(id peer.ID, proof []byte) {
 	if first {
 		a.accepted.Add(1)
 		if o.dht != nil {
-			o.wg.Add(1)
-			go func() {
-				defer o.wg.Done()
+			o.spawn(func() {
 				o.dht.peerAdmitted(o.ctx, id)
-			}()
+			})
 		}
 	}
 }

@@ -194,15 +194,13 @@ func (o *Overlay) startInstanceChecks() {
 			if !ask {
 				return
 			}
-			o.wg.Add(1)
-			go func() {
-				defer o.wg.Done()
+			o.spawn(func() {
 				if err := o.askInstance(id); errors.Is(err, ErrClone) {
 					o.cfg.OnClone(err)
 				} else if err != nil {
 					o.log.Debug("instance check", "peer", id, "err", err)
 				}
-			}()
+			})
 		},
 	})
 }

@@ -134,6 +134,10 @@ type Overlay struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	// spawnMu guards closing: once Close waits on wg, no goroutine may
+	// join it (see spawn).
+	spawnMu sync.Mutex
+	closing bool
 
 	mu      sync.RWMutex
 	peers   map[peer.ID]*Peer
@@ -230,11 +234,9 @@ func New(ctx context.Context, cfg Config) (*Overlay, error) {
 	o.startInstanceChecks()
 	h.SetStreamHandler(linkProtocol, o.gated(o.handleLinkStream))
 	h.SetStreamHandler(dataProtocol, o.gated(o.handleDataStream))
-	o.wg.Add(1)
-	go func() {
-		defer o.wg.Done()
+	o.spawn(func() {
 		o.receiveUDP()
-	}()
+	})
 	if o.ring != nil {
 		o.ring.start()
 	}
@@ -287,11 +289,9 @@ func (o *Overlay) peer(id peer.ID) *Peer {
 	ctx, cancel := context.WithCancel(o.ctx)
 	p.cancel = cancel
 	o.peers[id] = p
-	o.wg.Add(1)
-	go func() {
-		defer o.wg.Done()
+	o.spawn(func() {
 		p.run(ctx)
-	}()
+	})
 	return p
 }
 
@@ -444,8 +444,28 @@ func (o *Overlay) Close() error {
 		dhtErr = o.dht.Close()
 	}
 	err := errors.Join(dhtErr, o.udp.Close(), o.host.Close())
+	o.spawnMu.Lock()
+	o.closing = true
+	o.spawnMu.Unlock()
 	o.wg.Wait()
 	return err
+}
+
+// spawn runs f in a goroutine that Close waits for, and reports whether
+// it did: once Close has begun to wait, f does not run (a WaitGroup may
+// not gain goroutines while it is waited on).
+func (o *Overlay) spawn(f func()) bool {
+	o.spawnMu.Lock()
+	defer o.spawnMu.Unlock()
+	if o.closing {
+		return false
+	}
+	o.wg.Add(1)
+	go func() {
+		defer o.wg.Done()
+		f()
+	}()
+	return true
 }
 
 // PeerStatus is a snapshot of one link.

@@ -131,9 +131,7 @@ func (p *Peer) onPunch(pt []byte) {
 		return
 	}
 	o := p.o
-	o.wg.Add(1)
-	go func() {
-		defer o.wg.Done()
+	o.spawn(func() {
 		t := time.NewTicker(punchGap)
 		defer t.Stop()
 		for i := range punchRounds {
@@ -152,7 +150,7 @@ func (p *Peer) onPunch(pt []byte) {
 			case <-t.C:
 			}
 		}
-	}()
+	})
 }
 
 // inVirtual reports whether a lies in one of the overlay's own subnets.

@@ -253,11 +253,9 @@ func (r *ringManager) start() {
 	h.Network().Notify(&network.NotifyBundle{
 		DisconnectedF: func(network.Network, network.Conn) { r.kick() },
 	})
-	r.o.wg.Add(1)
-	go func() {
-		defer r.o.wg.Done()
+	r.o.spawn(func() {
 		r.loop(r.o.ctx)
-	}()
+	})
 }
 
 // kick makes the loop run a round now.
@@ -516,9 +514,7 @@ func (r *ringManager) bootstrapLocked(ctx context.Context, now time.Time) {
 		return // an image's seed list may name the node itself
 	}
 	r.booting, r.bootAt = true, now
-	r.o.wg.Add(1)
-	go func() {
-		defer r.o.wg.Done()
+	r.o.spawn(func() {
 		dctx, cancel := context.WithTimeout(ctx, dialTimeout)
 		err := r.o.host.Connect(dctx, info)
 		cancel()
@@ -535,7 +531,7 @@ func (r *ringManager) bootstrapLocked(ctx context.Context, now time.Time) {
 		}
 		r.o.log.Info("joining the ring", "bootstrap", info.ID)
 		r.kick()
-	}()
+	})
 }
 
 // connectToMe encodes a request for kind at target, with this node's
@@ -718,9 +714,7 @@ type pushMsg struct {
 // push sends a list in the background; if it fails, the next round sends
 // the link a fresh one.
 func (r *ringManager) push(ctx context.Context, m pushMsg) {
-	r.o.wg.Add(1)
-	go func() {
-		defer r.o.wg.Done()
+	r.o.spawn(func() {
 		typ := m.typ
 		if typ == 0 {
 			typ = ctlList
@@ -737,7 +731,7 @@ func (r *ringManager) push(ctx context.Context, m pushMsg) {
 		if typ == ctlList {
 			r.counters.listsSent.Add(1)
 		}
-	}()
+	})
 }
 
 // sendCtl sends one control message on a stream of its own, over an
@@ -993,12 +987,12 @@ func (r *ringManager) goDial(dial func()) {
 		r.counters.connectBusy.Add(1)
 		return
 	}
-	r.o.wg.Add(1)
-	go func() {
-		defer r.o.wg.Done()
+	if !r.o.spawn(func() {
 		defer func() { <-r.dials }()
 		dial()
-	}()
+	}) {
+		<-r.dials
+	}
 }
 
 // answer dials a requester and sends it the answer on the connection.

@@ -71,12 +71,7 @@ func (s *streamSender) send(dgram []byte) error {
 		return errStreamQueueFull
 	}
 	if !s.running {
-		s.running = true
-		s.o.wg.Add(1)
-		go func() {
-			defer s.o.wg.Done()
-			s.write()
-		}()
+		s.running = s.o.spawn(s.write)
 	}
 	return nil
 }
