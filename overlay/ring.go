@@ -540,7 +540,7 @@ func (r *ringManager) bootstrapLocked(ctx context.Context, now time.Time) {
 // through (its leaf link) as the relay for dial-me messages. r.mu is held.
 func (r *ringManager) connectToMe(kind routing.Kind, target routing.Addr) ([]byte, netip.Addr, error) {
 	self := r.t.Self()
-	eps, public := r.endpoints()
+	eps, public := r.endpoints(kind)
 	m := routing.ConnectToMe{
 		Kind: kind, TTL: routeTTL, Requester: self.Peer, Addr: self.Addr, Target: target,
 		Endpoints: eps,
@@ -565,10 +565,12 @@ func (r *ringManager) connectToMe(kind routing.Kind, target routing.Addr) ([]byt
 // socket's port the same way. A node behind another NAT cannot dial it
 // there at first, but its try opens its own NAT to this node, and this
 // node's dial back (the dial-me) then gets through: the two NATed near
-// neighbours link directly (see dialAddrs).
-func (r *ringManager) endpoints() (eps []netip.AddrPort, public netip.Addr) {
+// neighbours link directly (see dialAddrs). Only near links are made so:
+// a far link can go to another node, and two NATed nodes that exchange
+// traffic punch a path for their shortcut on the data socket (punch.go).
+func (r *ringManager) endpoints(kind routing.Kind) (eps []netip.AddrPort, public netip.Addr) {
 	var loop []netip.AddrPort
-	if nat, ok := r.o.portPreservingNAT(); ok {
+	if nat, ok := r.o.portPreservingNAT(); ok && kind == routing.Near {
 		for _, port := range r.o.controlPorts() {
 			if len(eps) < routing.MaxEndpoints {
 				eps = append(eps, netip.AddrPortFrom(nat, port))
@@ -919,7 +921,7 @@ func (r *ringManager) onConnect(rh routing.Header, m *routing.ConnectToMe, neare
 	answer := routing.ConnectToMe{
 		Kind: m.Kind, TTL: 1, Requester: self.Peer, Addr: self.Addr, Target: m.Target,
 	}
-	answer.Endpoints, _ = r.endpoints()
+	answer.Endpoints, _ = r.endpoints(m.Kind)
 	if err := answer.Sign(r.o.cfg.Identity); err != nil {
 		r.o.log.Warn("connect-to-me answer not signed", "err", err)
 		return
@@ -1002,7 +1004,9 @@ func (r *ringManager) answer(req, ans *routing.ConnectToMe) error {
 	if h.Network().Connectedness(req.Requester) != network.Connected {
 		// TCP only: a QUIC dial's datagrams would reach the requester's
 		// NAT and spoil its port for the dial back (see openNAT).
-		r.openNAT(req.Endpoints)
+		if req.Kind == routing.Near {
+			r.openNAT(req.Endpoints)
+		}
 		h.Peerstore().ClearAddrs(req.Requester)
 		info := peer.AddrInfo{ID: req.Requester, Addrs: r.dialAddrs(req.Endpoints, false)}
 		if len(info.Addrs) == 0 {

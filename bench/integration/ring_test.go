@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -501,7 +499,7 @@ func TestJoinBetweenNATedNeighbours(t *testing.T) {
 	joiner := nated[1]
 	keys := natedBetweenNATed(t, public)
 	for i, v := range nated {
-		if err := writeIdentity(v.vm.StateDir(), keys[i]); err != nil {
+		if err := v.vm.SetIdentity(keys[i]); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -577,7 +575,10 @@ func TestJoinBetweenNATedNeighbours(t *testing.T) {
 func natedBetweenNATed(t *testing.T, public []routing.Addr) []crypto.PrivKey {
 	t.Helper()
 	for range 10000 {
-		keys, addrs := randomKeys(t, 3)
+		keys, addrs, err := testbed.NewKeys(3)
+		if err != nil {
+			t.Fatal(err)
+		}
 		// Going clockwise from the joiner, the next node must be
 		// keys[2]'s, and going anticlockwise keys[0]'s.
 		next, prev := true, true
@@ -595,35 +596,6 @@ func natedBetweenNATed(t *testing.T, public []routing.Addr) []crypto.PrivKey {
 	}
 	t.Fatal("no layout found")
 	return nil
-}
-
-// randomKeys returns n new identity keys and their ring addresses.
-func randomKeys(t *testing.T, n int) ([]crypto.PrivKey, []routing.Addr) {
-	t.Helper()
-	keys := make([]crypto.PrivKey, n)
-	addrs := make([]routing.Addr, n)
-	for i := range keys {
-		k, _, err := crypto.GenerateEd25519Key(nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		id, err := peer.IDFromPrivateKey(k)
-		if err != nil {
-			t.Fatal(err)
-		}
-		keys[i], addrs[i] = k, routing.AddrFromPeer(id)
-	}
-	return keys, addrs
-}
-
-// writeIdentity installs key as the node identity in a state directory,
-// as `ringnet id` would have made it.
-func writeIdentity(stateDir string, key crypto.PrivKey) error {
-	b, err := crypto.MarshalPrivateKey(key)
-	if err != nil {
-		return err
-	}
-	return os.WriteFile(filepath.Join(stateDir, "identity.key"), b, 0o600)
 }
 
 // waitReachableBothWays waits until v and each of the others (v itself

@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/libp2p/go-libp2p/core/crypto"
-
 	"github.com/ringnet/ringnet/bench/testbed"
 	"github.com/ringnet/ringnet/node"
 	"github.com/ringnet/ringnet/routing"
@@ -161,8 +159,12 @@ func natPair(t *testing.T, kind testbed.NATKind, base node.Config) (vms []*ringV
 	// Identities that put at least NearPerSide public nodes between the
 	// two on both sides: they are not near neighbours, which would link
 	// directly (docs/nat.md), and their flow starts on a multi-hop path.
-	for i, k := range apartKeys(t, 6, routing.NearPerSide) {
-		if err := writeIdentity(vms[i].vm.StateDir(), k); err != nil {
+	keys, err := testbed.KeysApart(8, 6, 7, routing.NearPerSide)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, k := range keys {
+		if err := vms[i].vm.SetIdentity(k); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -283,26 +285,4 @@ func TestShortcutGivesUpBehindSymmetricNATs(t *testing.T) {
 	}
 	t.Logf("behind symmetric NATs: %d of %d pings over the ring; %d shortcut tries (%d punches) failed, then it stopped asking",
 		r.Received, r.Transmitted, failed, punches)
-}
-
-// apartKeys returns public+2 identity keys: the last two, going round the
-// ring either way from one to the other, pass at least gap of the first
-// public ones.
-func apartKeys(t *testing.T, public, gap int) []crypto.PrivKey {
-	t.Helper()
-	for range 10000 {
-		keys, addrs := randomKeys(t, public+2)
-		a, b := addrs[public], addrs[public+1]
-		cw := 0 // public nodes passed going clockwise from a to b
-		for _, p := range addrs[:public] {
-			if a.Clockwise(p).Less(a.Clockwise(b)) {
-				cw++
-			}
-		}
-		if cw >= gap && public-cw >= gap {
-			return keys
-		}
-	}
-	t.Fatal("no layout found")
-	return nil
 }

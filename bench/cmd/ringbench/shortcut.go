@@ -9,6 +9,7 @@ import (
 
 	"github.com/ringnet/ringnet/bench/testbed"
 	"github.com/ringnet/ringnet/node"
+	"github.com/ringnet/ringnet/routing"
 )
 
 // shortcutBench measures shortcuts in a ring of six public nodes with two
@@ -70,6 +71,18 @@ func shortcutBench(ctx context.Context, opts testbed.Options, base node.Config, 
 	natCfg := base
 	natCfg.Shortcuts = node.ShortcutConfig{IdleTimeout: "3s"}
 	vms := append(slices.Clone(pub), nat...)
+	// cone0 and cone1 apart on the ring: near neighbours behind NATs
+	// that keep ports link directly (docs/nat.md), and their flows must
+	// start on the ring.
+	keys, err := testbed.KeysApart(len(vms), len(pub), len(pub)+1, routing.NearPerSide)
+	if err != nil {
+		return err
+	}
+	for i, vm := range vms {
+		if err := vm.SetIdentity(keys[i]); err != nil {
+			return err
+		}
+	}
 	vips := make([]string, len(vms))
 	for i := range vms {
 		vips[i] = fmt.Sprintf("10.128.3.%d", i+1)
