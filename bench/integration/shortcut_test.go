@@ -44,17 +44,37 @@ func peerView(t *testing.T, a, b *ringVM) (kinds string, p node.PeerStatus) {
 // traffic resumes it forms again.
 func TestShortcutFormsAndIdlesOut(t *testing.T) {
 	bed, vms := newRingBed(t, 10, 2)
+	var a, b *ringVM
 	defer func() {
-		if t.Failed() {
-			bed.DumpLogs(20)
+		if !t.Failed() {
+			return
+		}
+		bed.DumpLogs(20)
+		if a == nil || b == nil {
+			return
+		}
+		// What the two ends said of each other, of shortcuts and of
+		// sessions: a flow that lost packets shows why here.
+		for _, v := range []*ringVM{a, b} {
+			other := a
+			if v == a {
+				other = b
+			}
+			data, _ := os.ReadFile(v.vm.LogPath())
+			var keep []string
+			for _, line := range strings.Split(string(data), "\n") {
+				if strings.Contains(line, other.id) || strings.Contains(line, "shortcut") {
+					keep = append(keep, line)
+				}
+			}
+			t.Logf("%s (%s) on %s:\n%s", v.vip, v.id, other.vip, strings.Join(keep, "\n"))
 		}
 	}()
-	base := node.Config{Shortcuts: node.ShortcutConfig{IdleTimeout: "5s"}}
+	base := node.Config{LogLevel: "debug", Shortcuts: node.ShortcutConfig{IdleTimeout: "5s"}}
 	startRing(t, base, vms)
 	waitRingConsistent(t, vms, 60*time.Second)
 
 	// A pair that the ring links only over several hops.
-	var a, b *ringVM
 	for _, x := range vms {
 		st, err := x.vm.Status(t.Context())
 		if err != nil {
