@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
@@ -231,14 +232,19 @@ func (o *Overlay) controlPorts() []uint16 {
 		if _, err := a.ValueForProtocol(ma.P_QUIC_V1); err != nil {
 			continue
 		}
-		s, err := a.ValueForProtocol(ma.P_UDP)
-		if err != nil {
-			continue
-		}
-		var port uint16
-		if _, err := fmt.Sscan(s, &port); err == nil && !slices.Contains(ports, port) {
+		if port, ok := portOf(a, ma.P_UDP); ok && !slices.Contains(ports, port) {
 			ports = append(ports, port)
 		}
 	}
 	return ports
+}
+
+// portOf is a's port for the protocol proto (ma.P_TCP or ma.P_UDP).
+func portOf(a ma.Multiaddr, proto int) (uint16, bool) {
+	s, err := a.ValueForProtocol(proto)
+	if err != nil {
+		return 0, false
+	}
+	port, err := strconv.ParseUint(s, 10, 16)
+	return uint16(port), err == nil
 }

@@ -312,22 +312,26 @@ func (q *quicSockets) listen(network string, laddr *net.UDPAddr) (net.PacketConn
 func (q *quicSockets) openNAT(port uint16, to []netip.AddrPort, ttl int) int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	sent := 0
-	q.conns = slices.DeleteFunc(q.conns, func(c *net.UDPConn) bool {
-		a, ok := c.LocalAddr().(*net.UDPAddr)
-		if !ok || a.Port != int(port) || a.IP.To4() == nil || sent > 0 {
-			return false
+	for i := 0; i < len(q.conns); {
+		c := q.conns[i]
+		if a, ok := c.LocalAddr().(*net.UDPAddr); !ok || a.Port != int(port) || a.IP.To4() == nil {
+			i++
+			continue
 		}
+		sent, closed := 0, false
 		for _, ep := range to {
 			err := writeTTL(c, []byte{0}, ep, ttl)
-			if errors.Is(err, net.ErrClosed) {
-				return true // quicreuse closed it: forget it
+			if closed = errors.Is(err, net.ErrClosed); closed {
+				break
 			}
 			if err == nil {
 				sent++
 			}
 		}
-		return false
-	})
-	return sent
+		if !closed {
+			return sent
+		}
+		q.conns = slices.Delete(q.conns, i, i+1) // quicreuse closed it
+	}
+	return 0
 }

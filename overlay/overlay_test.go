@@ -63,6 +63,19 @@ func link(t *testing.T, a, b *testNode) {
 	})
 }
 
+// linkOverStream links a to b with UDP blocked between them (blockUDP):
+// the link runs on the stream both ways.
+func linkOverStream(t *testing.T, a, b *testNode) {
+	t.Helper()
+	blockUDP(t, a, b)
+	if err := a.AddPeer(peer.AddrInfo{ID: b.ID(), Addrs: b.Host().Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "stream path both ways", func() bool {
+		return pathTo(a, b.ID()) == PathStream && pathTo(b, a.ID()) == PathStream
+	})
+}
+
 func pathTo(n *testNode, id peer.ID) Path {
 	for _, p := range n.Peers() {
 		if p.ID == id {
@@ -331,13 +344,7 @@ func awaitPacket(n *testNode, want []byte, d time.Duration) bool {
 func TestDeafLinkConnectionClosed(t *testing.T) {
 	a := newTestNode(t, "10.128.0.1", 0)
 	b := newTestNode(t, "10.128.0.2", 0)
-	blockUDP(t, a, b)
-	if err := a.AddPeer(peer.AddrInfo{ID: b.ID(), Addrs: b.Host().Addrs()}); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, "stream path both ways", func() bool {
-		return pathTo(a, b.ID()) == PathStream && pathTo(b, a.ID()) == PathStream
-	})
+	linkOverStream(t, a, b)
 	b.Host().RemoveStreamHandler(linkProtocol)
 	forgetSessions(b, a)
 	deadline := time.Now().Add(20 * time.Second)
@@ -444,13 +451,7 @@ func blockUDP(t *testing.T, a, b *testNode) {
 func TestStreamFallbackWhenUDPDoesNotGetThrough(t *testing.T) {
 	a := newTestNode(t, "10.128.0.1", 0)
 	b := newTestNode(t, "10.128.0.2", 0)
-	blockUDP(t, a, b)
-	if err := a.AddPeer(peer.AddrInfo{ID: b.ID(), Addrs: b.Host().Addrs()}); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, "stream path both ways", func() bool {
-		return pathTo(a, b.ID()) == PathStream && pathTo(b, a.ID()) == PathStream
-	})
+	linkOverStream(t, a, b)
 	for i := range 50 {
 		pkt := ipv4("10.128.0.1", "10.128.0.2", string(rune('a'+i%26)))
 		sendPacket(t, a, pkt)

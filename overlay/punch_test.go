@@ -8,8 +8,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/libp2p/go-libp2p/core/peer"
 )
 
 // TestPunchFloodIsBounded: a peer that names other hosts as its
@@ -21,11 +19,7 @@ func TestPunchFloodIsBounded(t *testing.T) {
 	b := newTestNode(t, "10.128.0.2", 0)
 	// No UDP path between them, as between two NATs before a punch:
 	// the punch has something to do.
-	blockUDP(t, a, b)
-	if err := a.AddPeer(peer.AddrInfo{ID: b.ID(), Addrs: b.Host().Addrs()}); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, "the stream path", func() bool { return pathTo(a, b.ID()) == PathStream })
+	linkOverStream(t, a, b)
 	pa := a.peer(b.ID())
 
 	// The hosts the lying peer names: listeners that count what reaches

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"io"
 	"math/rand/v2"
 	"net/netip"
@@ -583,16 +582,15 @@ func (r *ringManager) endpoints(kind routing.Kind) (eps []netip.AddrPort, public
 		if err != nil {
 			continue
 		}
-		port, err := a.ValueForProtocol(ma.P_TCP)
-		if err != nil {
+		port, ok := portOf(a, ma.P_TCP)
+		if !ok {
 			continue
 		}
 		addr, ok := netip.AddrFromSlice(ip)
-		var pn uint16
-		if _, err := fmt.Sscan(port, &pn); !ok || err != nil {
+		if !ok {
 			continue
 		}
-		ep := netip.AddrPortFrom(addr.Unmap(), pn)
+		ep := netip.AddrPortFrom(addr.Unmap(), port)
 		if addr.IsLoopback() {
 			loop = append(loop, ep)
 		} else if len(eps) < routing.MaxEndpoints {
