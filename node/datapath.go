@@ -22,9 +22,11 @@ import (
 // tap.Segment cuts it into MTU-sized segments laid out with room for the
 // overlay's header and tag; the overlay seals each in place and sends the
 // batch with one UDP_SEGMENT sendmsg, so one lost datagram costs one TCP
-// segment. On the far side a GRO read brings the run back; each datagram
-// is opened, and a tap.Coalescer joins the flow's segments into one frame
-// again for one TAP write.
+// segment. The segments' TCP checksums stay partial, as the VM's kernel
+// left them: the far node's kernel takes them so, or the far node
+// finishes them for a TAP without offloads. On the far side a GRO read
+// brings the run back; each datagram is opened, and a tap.Coalescer joins
+// the flow's segments into one frame again for one TAP write.
 
 // frameBatch is how many frames one read of the TAP may bring.
 const frameBatch = 16
@@ -129,7 +131,7 @@ func (n *Node) readTAPOffload() {
 		sendOff = ipOff - overlay.HeaderLen
 	)
 	reply := make([]byte, tap.ReplyBufLen+tap.VirtioNetHdrLen)
-	layout := tap.SegmentLayout{Headroom: overlay.HeaderLen, Tailroom: overlay.TagLen}
+	layout := tap.SegmentLayout{Headroom: overlay.HeaderLen, Tailroom: overlay.TagLen, PartialCsum: true}
 	// A 64 KiB packet in segments of at least 576 bytes, each with its
 	// header and tag.
 	// Made with the first such packet: a VM that never sends TCP in
@@ -164,7 +166,7 @@ func (n *Node) readTAPOffload() {
 				return
 			}
 			q.Flush() // keep the flow in order
-			n.ov.SendSegments(res.Dst, segs, stride, segSizes[:c])
+			n.ov.SendSegments(res.Dst, segs, stride, segSizes[:c], layout.PartialCsum)
 		case tap.ForwardFragments:
 			q.Flush()
 			frags.send(n.ov, res)
@@ -225,8 +227,12 @@ func (n *Node) newReceiver() overlay.Receiver {
 type vmWriter struct{ n *Node }
 
 // Deliver writes one packet, at buf[overlay.HeaderLen:], to the VM; the
-// gateway puts the Ethernet header in front of it.
-func (w vmWriter) Deliver(buf []byte) {
+// gateway puts the Ethernet header in front of it. A partial checksum is
+// finished first: this TAP cannot take one.
+func (w vmWriter) Deliver(buf []byte, csumPartial bool) {
+	if csumPartial {
+		tap.FinishCsum(buf[overlay.HeaderLen:])
+	}
 	frame, ok := w.n.gw.ToVM(buf[overlay.HeaderLen-tap.EthHeaderLen:])
 	if ok {
 		w.n.writeVM(frame)
@@ -243,8 +249,10 @@ type coalescingWriter struct {
 	emit func([]byte)
 }
 
-func (w *coalescingWriter) Deliver(buf []byte) { w.c.Add(buf[overlay.HeaderLen:], w.emit) }
-func (w *coalescingWriter) Flush()             { w.c.Flush(w.emit) }
+func (w *coalescingWriter) Deliver(buf []byte, csumPartial bool) {
+	w.c.Add(buf[overlay.HeaderLen:], csumPartial, w.emit)
+}
+func (w *coalescingWriter) Flush() { w.c.Flush(w.emit) }
 
 func (w *coalescingWriter) write(frame []byte) {
 	if f, ok := w.n.gw.ToVMOffload(frame); ok {

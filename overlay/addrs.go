@@ -305,15 +305,16 @@ func (o *Overlay) inVirtualSubnet(ip netip.Addr) bool {
 // heldPacket is a packet from a peer whose source address is being
 // checked.
 type heldPacket struct {
-	src netip.Addr
-	buf []byte // HeaderLen bytes of room, then the packet
+	src         netip.Addr
+	buf         []byte // HeaderLen bytes of room, then the packet
+	csumPartial bool
 }
 
 // hold keeps a copy of pkt, whose source address the records do not yet
 // bind to p, while a lookup checks it; it reports whether it did. The
 // first packets of a new peer, or of one whose lease was won after its
 // session began, are held this way rather than lost.
-func (p *Peer) hold(pkt []byte) bool {
+func (p *Peer) hold(pkt []byte, csumPartial bool) bool {
 	if p.o.cfg.Resolve == nil || len(pkt) < 20 {
 		return false
 	}
@@ -337,7 +338,7 @@ func (p *Peer) hold(pkt []byte) bool {
 	}
 	buf := make([]byte, HeaderLen+len(pkt))
 	copy(buf[HeaderLen:], pkt)
-	p.held = append(p.held, heldPacket{src: src, buf: buf})
+	p.held = append(p.held, heldPacket{src: src, buf: buf, csumPartial: csumPartial})
 	p.heldSize += len(pkt)
 	p.heldMu.Unlock()
 	if !checking && !p.o.lookupAddr(src) {
@@ -372,7 +373,7 @@ func (o *Overlay) releaseHeld(p *Peer, ip netip.Addr) {
 		r.rx = o.cfg.NewReceiver()
 	}
 	for _, h := range out {
-		r.rx.Deliver(h.buf)
+		r.rx.Deliver(h.buf, h.csumPartial)
 		r.rx.Flush()
 		p.rxPackets.Add(1)
 		p.rxBytes.Add(uint64(len(h.buf) - HeaderLen))

@@ -43,8 +43,9 @@ func sealed(t testing.TB, s *session, typ byte, payload []byte) []byte {
 func FuzzOpenDatagram(f *testing.F) {
 	a, _ := sessionPair(f, SuiteAES256GCM)
 	f.Add(sealed(f, a, typeData, ipv4("10.128.0.1", "10.128.0.2", "x")))
+	f.Add(sealed(f, a, typeDataPartial, ipv4("10.128.0.1", "10.128.0.2", "x")))
 	f.Add(sealed(f, a, typePing, make([]byte, pingLen)))
-	f.Add([]byte{1, 1, 0, 0, 0, 0, 0, 9})
+	f.Add([]byte{wireVersion, typeData, 0, 0, 0, 0, 0, 9})
 	f.Add(make([]byte, HeaderLen+TagLen))
 	f.Fuzz(func(t *testing.T, dgram []byte) {
 		a, b := sessionPair(t, SuiteAES256GCM)

@@ -34,6 +34,7 @@ const (
 
 type keptPacket struct {
 	remoteIndex uint32 // the session it was sealed under
+	typ         byte   // typeData or typeDataPartial
 	at          time.Time
 	buf         []byte // HeaderLen bytes of room, the packet, TagLen bytes
 }
@@ -53,7 +54,7 @@ type keptPackets struct {
 
 // keep copies packet, about to be sealed under remoteIndex, if there is
 // room. The caller checks that the peer is quiet.
-func (p *Peer) keep(remoteIndex uint32, packet []byte) {
+func (p *Peer) keep(remoteIndex uint32, typ byte, packet []byte) {
 	if len(packet) > maxKeptBytes {
 		return
 	}
@@ -69,13 +70,13 @@ func (p *Peer) keep(remoteIndex uint32, packet []byte) {
 	}
 	buf := make([]byte, HeaderLen+len(packet)+TagLen)
 	copy(buf[HeaderLen:], packet)
-	k.packets = append(k.packets, keptPacket{remoteIndex: remoteIndex, at: now, buf: buf})
+	k.packets = append(k.packets, keptPacket{remoteIndex: remoteIndex, typ: typ, at: now, buf: buf})
 	k.size += len(packet)
 }
 
 // keepUnsent keeps a packet dropped for want of a session: it goes under
 // the first one.
-func (p *Peer) keepUnsent(packet []byte) { p.keep(0, packet) }
+func (p *Peer) keepUnsent(typ byte, packet []byte) { p.keep(0, typ, packet) }
 
 func (k *keptPackets) clearLocked() {
 	clear(k.packets)
@@ -93,7 +94,7 @@ func (p *Peer) sessionLost(remoteIndex uint32) {
 // resendKept sends again, under s, the packets takeKept picks.
 func (p *Peer) resendKept(s *session) {
 	for _, kp := range p.takeKept(s, time.Now()) {
-		if err := p.send(typeData, kp.buf, len(kp.buf)-HeaderLen-TagLen); err != nil {
+		if err := p.send(kp.typ, kp.buf, len(kp.buf)-HeaderLen-TagLen); err != nil {
 			return
 		}
 		p.o.resentAfterLost.Add(1)

@@ -66,12 +66,12 @@ func TestPacketToALostSessionGoesAgain(t *testing.T) {
 func TestKeptPacketsAreBounded(t *testing.T) {
 	p := newPeer(nil, "")
 	big := make([]byte, maxKeptBytes+1)
-	p.keep(7, big)
+	p.keep(7, typeData, big)
 	if len(p.kept.packets) != 0 {
 		t.Fatalf("kept a packet of %d bytes", len(big))
 	}
 	for i := range 2 * maxKept {
-		p.keep(uint32(7+i%2), []byte{byte(i)})
+		p.keep(uint32(7+i%2), typeData, []byte{byte(i)})
 	}
 	if len(p.kept.packets) != maxKept {
 		t.Fatalf("kept %d packets, want %d", len(p.kept.packets), maxKept)
@@ -80,7 +80,7 @@ func TestKeptPacketsAreBounded(t *testing.T) {
 	p.kept.packets = p.kept.packets[:0]
 	p.kept.size = 0
 	for range 3 {
-		p.keep(7, half)
+		p.keep(7, typeData, half)
 	}
 	if p.kept.size > maxKeptBytes {
 		t.Fatalf("kept %d bytes, want at most %d", p.kept.size, maxKeptBytes)

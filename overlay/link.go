@@ -719,14 +719,14 @@ func (p *Peer) send(typ byte, buf []byte, n int) error {
 	case PathNone:
 		p.drops.Add(1)
 		p.o.drops.noSession.Add(1)
-		if typ == typeData {
-			p.keepUnsent(buf[HeaderLen : HeaderLen+n])
+		if isData(typ) {
+			p.keepUnsent(typ, buf[HeaderLen:HeaderLen+n])
 		}
 		p.wantRing()
 		return ErrNoSession
 	case PathRing:
 		err := p.sendRing(typ, buf[HeaderLen:HeaderLen+n])
-		if err == nil && typ == typeData {
+		if err == nil && isData(typ) {
 			p.txPackets.Add(1)
 			p.txBytes.Add(uint64(n))
 			if p.firstRingTx.Load() == 0 {
@@ -744,8 +744,8 @@ func (p *Peer) sendVia(path Path, typ byte, buf []byte, n int) error {
 		p.o.drops.noSession.Add(1)
 		return ErrNoSession
 	}
-	if typ == typeData && p.quiet.Load() {
-		p.keep(s.remoteIndex, buf[HeaderLen:HeaderLen+n])
+	if isData(typ) && p.quiet.Load() {
+		p.keep(s.remoteIndex, typ, buf[HeaderLen:HeaderLen+n])
 	}
 	dgram, ok := s.seal(typ, buf, n)
 	if !ok {
@@ -772,16 +772,16 @@ func (p *Peer) sendVia(path Path, typ byte, buf []byte, n int) error {
 		p.o.drops.sendFailed.Add(1)
 		return fmt.Errorf("send to %s over %v: %w", p.id, path, err)
 	}
-	if typ == typeData {
+	if isData(typ) {
 		p.txPackets.Add(1)
 		p.txBytes.Add(uint64(n))
 	}
 	return nil
 }
 
-// sendSegments seals each packet of a batch in place and sends the batch
-// (see Overlay.SendSegments).
-func (p *Peer) sendSegments(buf []byte, stride int, lens []int) error {
+// sendSegments seals each packet of a batch in place, as datagrams of
+// type typ, and sends the batch (see Overlay.SendSegments).
+func (p *Peer) sendSegments(typ byte, buf []byte, stride int, lens []int) error {
 	path := Path(p.path.Load())
 	s := p.sendSession.Load()
 	if path == PathNone || s == nil {
@@ -789,7 +789,7 @@ func (p *Peer) sendSegments(buf []byte, stride int, lens []int) error {
 		p.o.drops.noSession.Add(uint64(len(lens)))
 		for i, n := range lens {
 			off := i*stride + HeaderLen
-			p.keepUnsent(buf[off : off+n])
+			p.keepUnsent(typ, buf[off:off+n])
 		}
 		if path == PathNone {
 			p.wantRing()
@@ -799,7 +799,7 @@ func (p *Peer) sendSegments(buf []byte, stride int, lens []int) error {
 	if path == PathRing {
 		for i, n := range lens {
 			off := i*stride + HeaderLen
-			if err := p.send(typeData, buf[off-HeaderLen:], n); err != nil {
+			if err := p.send(typ, buf[off-HeaderLen:], n); err != nil {
 				return err
 			}
 		}
@@ -811,9 +811,9 @@ func (p *Peer) sendSegments(buf []byte, stride int, lens []int) error {
 	for i, n := range lens {
 		off := i * stride
 		if quiet {
-			p.keep(s.remoteIndex, buf[off+HeaderLen:off+HeaderLen+n])
+			p.keep(s.remoteIndex, typ, buf[off+HeaderLen:off+HeaderLen+n])
 		}
-		dgram, ok := s.seal(typeData, buf[off:], n)
+		dgram, ok := s.seal(typ, buf[off:], n)
 		if !ok {
 			p.requestRekey("session spent")
 			p.o.drops.noSession.Add(uint64(len(lens) - i))

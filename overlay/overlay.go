@@ -117,7 +117,9 @@ type Config struct {
 type Receiver interface {
 	// Deliver takes one IPv4 packet at buf[HeaderLen:]; buf[:HeaderLen] is
 	// free for the receiver's own header. buf is reused after Flush.
-	Deliver(buf []byte)
+	// csumPartial says that the packet's TCP or UDP checksum holds only
+	// the pseudo-header sum (tap.SegmentLayout.PartialCsum).
+	Deliver(buf []byte, csumPartial bool)
 	// Flush ends a batch: everything delivered since the last Flush came
 	// from one read of the network.
 	Flush()
@@ -346,13 +348,15 @@ func (o *Overlay) route(dst netip.Addr, count int) (*Peer, error) {
 // and sends them with as few system calls as the path allows. Packet i is
 // at buf[i*stride+HeaderLen:][:lens[i]]; every packet but the last must be
 // stride-Overhead bytes long, so that the sealed datagrams lie back to
-// back, and buf needs TagLen bytes of capacity past the last.
-func (o *Overlay) SendSegments(dst netip.Addr, buf []byte, stride int, lens []int) error {
+// back, and buf needs TagLen bytes of capacity past the last. csumPartial
+// says that the packets' TCP or UDP checksums were left partial
+// (tap.SegmentLayout.PartialCsum), for the receiving node to finish.
+func (o *Overlay) SendSegments(dst netip.Addr, buf []byte, stride int, lens []int, csumPartial bool) error {
 	p, err := o.route(dst, len(lens))
 	if err != nil {
 		return err
 	}
-	return p.sendSegments(buf, stride, lens)
+	return p.sendSegments(dataType(csumPartial), buf, stride, lens)
 }
 
 // Holds reports whether some peer announced addr. With the ring, asking

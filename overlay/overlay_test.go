@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,6 +19,8 @@ import (
 type testNode struct {
 	*Overlay
 	got chan []byte
+	// partials counts packets delivered with a partial checksum.
+	partials atomic.Int64
 }
 
 func newTestNode(t testing.TB, vip string, suite Suite, opts ...func(*Config)) *testNode {
@@ -33,7 +36,7 @@ func newTestNode(t testing.TB, vip string, suite Suite, opts ...func(*Config)) *
 		DataAddr:     netip.MustParseAddrPort("127.0.0.1:0"),
 		VirtualAddrs: []netip.Addr{netip.MustParseAddr(vip)},
 		AEAD:         suite,
-		NewReceiver:  func() Receiver { return chanReceiver(n.got) },
+		NewReceiver:  func() Receiver { return chanReceiver{n.got, &n.partials} },
 	}
 	for _, o := range opts {
 		o(&cfg)
@@ -48,10 +51,19 @@ func newTestNode(t testing.TB, vip string, suite Suite, opts ...func(*Config)) *
 }
 
 // chanReceiver hands each delivered packet to a channel.
-type chanReceiver chan []byte
+type chanReceiver struct {
+	got      chan []byte
+	partials *atomic.Int64
+}
 
-func (c chanReceiver) Deliver(buf []byte) { c <- append([]byte(nil), buf[HeaderLen:]...) }
-func (c chanReceiver) Flush()             {}
+func (c chanReceiver) Deliver(buf []byte, csumPartial bool) {
+	if csumPartial {
+		c.partials.Add(1)
+	}
+	c.got <- append([]byte(nil), buf[HeaderLen:]...)
+}
+
+func (c chanReceiver) Flush() {}
 
 func link(t *testing.T, a, b *testNode) {
 	t.Helper()
@@ -481,6 +493,16 @@ func TestVirtualAddressesAreNeverControlAddresses(t *testing.T) {
 }
 
 func TestSendSegmentsDeliversTheBatchInOrder(t *testing.T) {
+	for _, partial := range []bool{false, true} {
+		t.Run(fmt.Sprintf("partial=%v", partial), func(t *testing.T) {
+			testSendSegments(t, partial)
+		})
+	}
+}
+
+// testSendSegments sends a batch of segments, saying that their checksums
+// are partial or not, and checks that they arrive in order, said the same.
+func testSendSegments(t *testing.T, csumPartial bool) {
 	a := newTestNode(t, "10.128.0.1", 0)
 	b := newTestNode(t, "10.128.0.2", 0)
 	link(t, a, b)
@@ -500,11 +522,14 @@ func TestSendSegmentsDeliversTheBatchInOrder(t *testing.T) {
 		lens[i] = n
 		want = append(want, pkt)
 	}
-	if err := a.SendSegments(netip.MustParseAddr("10.128.0.2"), buf, stride, lens); err != nil {
+	if err := a.SendSegments(netip.MustParseAddr("10.128.0.2"), buf, stride, lens, csumPartial); err != nil {
 		t.Fatal(err)
 	}
 	for i := range segs {
 		expectPacket(t, b, want[i])
+	}
+	if got, want := b.partials.Load(), map[bool]int64{false: 0, true: segs}[csumPartial]; got != want {
+		t.Fatalf("%d packets delivered as partial, want %d", got, want)
 	}
 	st := a.Peers()[0]
 	if st.TxPackets != segs {

@@ -120,9 +120,9 @@ func (p *Peer) handle(rx Receiver, typ byte, dgram, pt []byte, via Path, from ne
 	case typePunch:
 		p.rxControl.Add(1)
 		p.onPunch(pt)
-	case typeData:
+	case typeData, typeDataPartial:
 		if !p.holdsSource(pt) {
-			if p.hold(pt) {
+			if p.hold(pt, typ == typeDataPartial) {
 				return
 			}
 			p.o.drops.spoofedSource.Add(1)
@@ -131,7 +131,7 @@ func (p *Peer) handle(rx Receiver, typ byte, dgram, pt []byte, via Path, from ne
 		}
 		p.rxPackets.Add(1)
 		p.rxBytes.Add(uint64(len(pt)))
-		rx.Deliver(dgram[:HeaderLen+len(pt)])
+		rx.Deliver(dgram[:HeaderLen+len(pt)], typ == typeDataPartial)
 	}
 }
 

@@ -330,8 +330,8 @@ func (p *Peer) sendRing(typ byte, payload []byte) error {
 		o.drops.noSession.Add(1)
 		return ErrNoSession
 	}
-	if typ == typeData && p.quiet.Load() {
-		p.keep(s.remoteIndex, payload)
+	if isData(typ) && p.quiet.Load() {
+		p.keep(s.remoteIndex, typ, payload)
 	}
 	bp := o.routeBufs.Get().(*[]byte)
 	defer o.routeBufs.Put(bp)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -163,7 +164,7 @@ func FuzzRouted(f *testing.F) {
 	f.Add(append(hs, 38))
 	f.Fuzz(func(t *testing.T, dgram []byte) {
 		before := len(n.Peers())
-		n.routed(chanReceiver(make(chan []byte, 4)), append([]byte(nil), dgram...), prev)
+		n.routed(chanReceiver{make(chan []byte, 4), new(atomic.Int64)}, append([]byte(nil), dgram...), prev)
 		if len(n.Peers()) != before {
 			t.Fatalf("an unsigned datagram created a peer")
 		}

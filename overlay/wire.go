@@ -18,7 +18,9 @@ import (
 // counter is the AEAD nonce and feeds the replay window. The whole header
 // is the AEAD's associated data, so none of it can be altered in flight.
 const (
-	wireVersion = 1
+	// wireVersion 2 added typeDataPartial: a node of version 1 would
+	// drop those, so the two refuse each other's handshakes instead.
+	wireVersion = 2
 
 	// HeaderLen is the datagram header length. Callers of Send leave this
 	// much room in front of the packet so that sealing needs no copy.
@@ -34,8 +36,16 @@ const (
 // Datagram types.
 const (
 	typeData byte = 1 // an IPv4 packet for the VM
-	typePing byte = 2 // keepalive and path probe; payload is pingLen bytes
-	typePong byte = 3 // answer to a ping, echoing its payload
+	// typeDataPartial is an IPv4 TCP or UDP packet for the VM whose
+	// transport checksum holds only the pseudo-header sum, as a kernel
+	// with checksum offload leaves it (tap.SegmentLayout.PartialCsum):
+	// the receiving node finishes it, or has its own kernel take it as
+	// it is. The AEAD guards the packet in flight, so a checksum computed
+	// at one end and checked at the other would only cost two passes
+	// over every byte.
+	typeDataPartial byte = 12
+	typePing        byte = 2 // keepalive and path probe; payload is pingLen bytes
+	typePong        byte = 3 // answer to a ping, echoing its payload
 	// typePunch carries a node's UDP candidates for hole punching, end to
 	// end under a session over the ring (punch.go).
 	typePunch byte = 9
@@ -46,6 +56,17 @@ const (
 )
 
 const pingLen = 16 // probe id (8) and send time (8)
+
+// isData reports whether a datagram type carries a packet for the VM.
+func isData(typ byte) bool { return typ == typeData || typ == typeDataPartial }
+
+// dataType is the datagram type of a packet for the VM.
+func dataType(csumPartial bool) byte {
+	if csumPartial {
+		return typeDataPartial
+	}
+	return typeData
+}
 
 var (
 	errShort      = errors.New("datagram shorter than header and tag")
@@ -83,7 +104,7 @@ func parseHeader(b []byte) (header, error) {
 		counter:  binary.BigEndian.Uint64(b[8:16]),
 	}
 	switch h.typ {
-	case typeData, typePing, typePong, typeRoute, typePunch, typeLost:
+	case typeData, typeDataPartial, typePing, typePong, typeRoute, typePunch, typeLost:
 	default:
 		return header{}, fmt.Errorf("%w %d", errType, h.typ)
 	}

@@ -15,8 +15,10 @@ import (
 // the last) and nothing else, no IPv4 options, consecutive IPv4 IDs, the
 // same addresses, ports, TOS, TTL, DF, ack number, window and TCP option
 // bytes, contiguous sequence numbers, every segment the size of the first
-// but the last, at most 64 KiB in all, each checksum verified first.
-// Everything else passes through unchanged, in order.
+// but the last, at most 64 KiB in all, each checksum verified first unless
+// the sender left it partial (SegmentLayout.PartialCsum). Everything else
+// passes through unchanged, in order; a partial checksum goes to the
+// kernel as NEEDS_CSUM.
 
 // CoalesceFrameLen is the largest frame a Coalescer emits: a vnet header,
 // an Ethernet header and a 64 KiB IPv4 packet.
@@ -43,6 +45,7 @@ type Coalescer struct {
 	nextSeq uint32
 	nextID  uint16
 	closed  bool // the last segment was short or had PSH
+	partial bool // the first segment's checksum is partial
 }
 
 // NewCoalescer returns a Coalescer with its frame buffer.
@@ -51,12 +54,14 @@ func NewCoalescer() *Coalescer {
 }
 
 // Add takes one IPv4 packet, which it copies: pkt may be reused once Add
-// returns. It emits the frames that pkt completes, at most two.
-func (c *Coalescer) Add(pkt []byte, emit func(frame []byte)) {
-	thl, ok := coalescible(pkt)
+// returns. partial says that its TCP or UDP checksum holds only the
+// pseudo-header sum (SegmentLayout.PartialCsum). It emits the frames that
+// pkt completes, at most two.
+func (c *Coalescer) Add(pkt []byte, partial bool, emit func(frame []byte)) {
+	thl, ok := coalescible(pkt, partial)
 	if !ok {
 		c.Flush(emit)
-		c.passThrough(pkt, emit)
+		c.passThrough(pkt, partial, emit)
 		return
 	}
 	pkt = pkt[:binary.BigEndian.Uint16(pkt[2:4])]
@@ -65,7 +70,7 @@ func (c *Coalescer) Add(pkt []byte, emit func(frame []byte)) {
 		return
 	}
 	c.Flush(emit)
-	c.start(pkt, thl)
+	c.start(pkt, thl, partial)
 }
 
 // Flush emits the packet being built, if any.
@@ -75,10 +80,15 @@ func (c *Coalescer) Flush(emit func(frame []byte)) {
 	}
 	ip := c.buf[coalesceIPOff : coalesceIPOff+c.n]
 	var h VirtioNetHdr
-	if c.segs == 1 {
+	switch {
+	case c.segs == 1 && c.partial:
+		// Untouched, its checksum left for the kernel, which takes it on
+		// trust for a local socket.
+		h = VirtioNetHdr{Flags: VirtioNetHdrFNeedsCsum, CsumStart: EthHeaderLen + ipv4MinHeaderLen, CsumOffset: tcpCsumOffset}
+	case c.segs == 1:
 		// Untouched, and its checksum checked.
 		h.Flags = VirtioNetHdrFDataValid
-	} else {
+	default:
 		binary.BigEndian.PutUint16(ip[2:4], uint16(c.n))
 		setIPv4Checksum(ip[:ipv4MinHeaderLen])
 		// As the kernel hands it over for TSO: the pseudo-header sum in
@@ -101,17 +111,25 @@ func (c *Coalescer) Flush(emit func(frame []byte)) {
 	emit(frame)
 }
 
-// passThrough emits pkt as it is, behind an empty vnet header: the kernel
-// checks it as if it came off the wire.
-func (c *Coalescer) passThrough(pkt []byte, emit func(frame []byte)) {
+// passThrough emits pkt as it is, behind an empty vnet header, so that
+// the kernel checks it as if it came off the wire; or, if its checksum is
+// partial, behind one that says where the kernel is to finish it.
+func (c *Coalescer) passThrough(pkt []byte, partial bool, emit func(frame []byte)) {
 	n := copy(c.buf[coalesceIPOff:], pkt)
 	clear(c.buf[:coalesceIPOff])
+	if partial {
+		if _, l4, off, ok := partialCsum(pkt); ok {
+			h := VirtioNetHdr{Flags: VirtioNetHdrFNeedsCsum, CsumStart: uint16(EthHeaderLen + l4), CsumOffset: uint16(off)}
+			h.Encode(c.buf)
+		}
+	}
 	emit(c.buf[:coalesceIPOff+n])
 }
 
 // start holds pkt as the first segment of a new packet.
-func (c *Coalescer) start(pkt []byte, thl int) {
+func (c *Coalescer) start(pkt []byte, thl int, partial bool) {
 	c.n = copy(c.buf[coalesceIPOff:], pkt)
+	c.partial = partial
 	c.segs = 1
 	c.hdrLen = ipv4MinHeaderLen + thl
 	c.gsoSize = len(pkt) - c.hdrLen
@@ -164,8 +182,9 @@ func (c *Coalescer) append(pkt []byte, thl int) {
 }
 
 // coalescible reports whether pkt is a TCP segment that may be joined
-// with others, and returns its TCP header length.
-func coalescible(pkt []byte) (thl int, ok bool) {
+// with others, and returns its TCP header length. partial says that its
+// checksum is partial, so that there is none to check.
+func coalescible(pkt []byte, partial bool) (thl int, ok bool) {
 	p, perr := checkIPv4(pkt)
 	if perr != ipv4OK ||
 		p[0] != 0x45 || // options: GRO does not join those either
@@ -180,8 +199,9 @@ func coalescible(pkt []byte) (thl int, ok bool) {
 		return 0, false
 	}
 	// A joined packet reaches the VM with its checksum marked as to be
-	// done, which the VM's kernel takes for correct: check every part.
-	if sum16(p[ipv4MinHeaderLen:], pseudoSum(p, protoTCP, len(p)-ipv4MinHeaderLen)) != 0xffff {
+	// done, which the VM's kernel takes for correct: check every part
+	// whose sender finished it.
+	if !partial && sum16(p[ipv4MinHeaderLen:], pseudoSum(p, protoTCP, len(p)-ipv4MinHeaderLen)) != 0xffff {
 		return 0, false
 	}
 	return thl, true

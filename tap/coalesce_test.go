@@ -8,12 +8,13 @@ import (
 )
 
 // collect runs pkts through a Coalescer and returns copies of the frames.
-func collect(pkts [][]byte) [][]byte {
+// partial says that their checksums are partial.
+func collect(pkts [][]byte, partial bool) [][]byte {
 	var frames [][]byte
 	emit := func(f []byte) { frames = append(frames, bytes.Clone(f)) }
 	c := NewCoalescer()
 	for _, p := range pkts {
-		c.Add(p, emit)
+		c.Add(p, partial, emit)
 	}
 	c.Flush(emit)
 	return frames
@@ -22,17 +23,22 @@ func collect(pkts [][]byte) [][]byte {
 // segmentsOf cuts spec's packet, as the sending node would, and returns
 // the segments.
 func segmentsOf(t *testing.T, spec l4Spec, mss int) [][]byte {
+	return segmentsWith(t, spec, mss, SegmentLayout{})
+}
+
+// segmentsWith is segmentsOf with the given layout.
+func segmentsWith(t *testing.T, spec l4Spec, mss int, layout SegmentLayout) [][]byte {
 	t.Helper()
 	hdr, pkt := partial(spec.packet(), VirtioNetHdrGSOTCPv4, mss)
 	out := make([]byte, 256<<10)
 	sizes := make([]int, 256)
-	n, stride, err := Segment(hdr, pkt, 1500, out, SegmentLayout{}, sizes)
+	n, stride, err := Segment(hdr, pkt, 1500, out, layout, sizes)
 	if err != nil {
 		t.Fatal(err)
 	}
 	segs := make([][]byte, n)
 	for i := range segs {
-		segs[i] = bytes.Clone(out[i*stride:][:sizes[i]])
+		segs[i] = bytes.Clone(out[i*stride+layout.Headroom:][:sizes[i]])
 	}
 	return segs
 }
@@ -52,7 +58,7 @@ func TestCoalesceRoundTrip(t *testing.T) {
 		t.Run(fmt.Sprintf("%d/%d", tc.payload, tc.mss), func(t *testing.T) {
 			spec := l4Spec{id: 0xfff0, df: true, seq: 0xfffff000, ack: 1, flags: tc.flags, options: tc.options, payload: pattern(tc.payload)}
 			orig := spec.packet()
-			frames := collect(segmentsOf(t, spec, tc.mss))
+			frames := collect(segmentsOf(t, spec, tc.mss), false)
 			if len(frames) != 1 {
 				t.Fatalf("%d frames, want 1", len(frames))
 			}
@@ -144,7 +150,7 @@ func TestCoalesceRefuses(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			frames := collect(tt.pkts)
+			frames := collect(tt.pkts, false)
 			var got []string
 			var n int
 			for _, f := range frames {
@@ -179,7 +185,7 @@ func TestCoalesceAllocatesNothing(t *testing.T) {
 	emit := func([]byte) {}
 	allocs := testing.AllocsPerRun(100, func() {
 		for _, s := range segs {
-			c.Add(s, emit)
+			c.Add(s, false, emit)
 		}
 		c.Flush(emit)
 	})
@@ -195,8 +201,125 @@ func BenchmarkCoalesce(b *testing.B) {
 	b.SetBytes(65000)
 	for b.Loop() {
 		for _, s := range segs {
-			c.Add(s, emit)
+			c.Add(s, false, emit)
 		}
 		c.Flush(emit)
+	}
+}
+
+// Segments whose checksums the sender left partial join as checked ones
+// do, the joined frame marked NEEDS_CSUM; cut again, with checksums, they
+// are the segments of a sender that finished them.
+func TestCoalescePartialChecksums(t *testing.T) {
+	spec := l4Spec{flags: tcpACK | tcpPSH, payload: pattern(20000)}
+	want := segmentsOf(t, spec, 1400)
+	segs := segmentsWith(t, spec, 1400, SegmentLayout{PartialCsum: true})
+	if len(segs) != len(want) {
+		t.Fatalf("%d partial segments, %d complete", len(segs), len(want))
+	}
+	for i, s := range segs {
+		off := ipv4MinHeaderLen + tcpCsumOffset
+		if got, pseudo := binary.BigEndian.Uint16(s[off:]), refPseudo(s); got != pseudo {
+			t.Fatalf("segment %d: checksum field %#04x, want the pseudo-header sum %#04x", i, got, pseudo)
+		}
+		fin := bytes.Clone(s)
+		if !FinishCsum(fin) || !bytes.Equal(fin, want[i]) {
+			t.Fatalf("segment %d, finished, differs from the complete one", i)
+		}
+	}
+
+	frames := collect(segs, true)
+	if len(frames) != 1 {
+		t.Fatalf("%d frames, want 1", len(frames))
+	}
+	var h VirtioNetHdr
+	if err := h.Decode(frames[0]); err != nil || h.GSOType != VirtioNetHdrGSOTCPv4 || !h.NeedsCsum() {
+		t.Fatalf("frame header %v (%v)", h, err)
+	}
+	ipHdr, err := h.Rebase(EthHeaderLen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make([]byte, 256<<10)
+	sizes := make([]int, 256)
+	n, stride, err := Segment(ipHdr, frames[0][coalesceIPOff:], 1500, out, SegmentLayout{}, sizes)
+	if err != nil || n != len(want) {
+		t.Fatalf("cut again: %d segments, %v", n, err)
+	}
+	for i := range n {
+		if !bytes.Equal(out[i*stride:][:sizes[i]], want[i]) {
+			t.Fatalf("segment %d, cut again, differs", i)
+		}
+	}
+}
+
+// A partial checksum that is not joined reaches the kernel with a header
+// that says where to finish it; one that cannot be partial goes as it is.
+func TestCoalescePartialAlone(t *testing.T) {
+	withPseudo := func(p []byte) []byte {
+		_, l4, off, ok := partialCsum(p)
+		if !ok {
+			t.Fatal("no partial checksum")
+		}
+		binary.BigEndian.PutUint16(p[l4+off:], refPseudo(p))
+		return p
+	}
+	tcp := withPseudo(l4Spec{flags: tcpACK | tcpPSH, payload: pattern(700)}.packet())
+	udp := withPseudo(l4Spec{proto: protoUDP, payload: pattern(900)}.packet())
+	syn := withPseudo(l4Spec{flags: tcpSYN}.packet())
+	icmp := ipv4Spec{src: testPeer, dst: testVMAddr, proto: 1, payload: pattern(20)}.packet()
+	tests := []struct {
+		name string
+		pkt  []byte
+		want VirtioNetHdr
+	}{
+		{"TCP segment", tcp, VirtioNetHdr{Flags: VirtioNetHdrFNeedsCsum, CsumStart: EthHeaderLen + 20, CsumOffset: tcpCsumOffset}},
+		{"UDP", udp, VirtioNetHdr{Flags: VirtioNetHdrFNeedsCsum, CsumStart: EthHeaderLen + 20, CsumOffset: udpCsumOffset}},
+		{"SYN", syn, VirtioNetHdr{Flags: VirtioNetHdrFNeedsCsum, CsumStart: EthHeaderLen + 20, CsumOffset: tcpCsumOffset}},
+		{"ICMP", icmp, VirtioNetHdr{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			frames := collect([][]byte{bytes.Clone(tt.pkt)}, true)
+			if len(frames) != 1 {
+				t.Fatalf("%d frames", len(frames))
+			}
+			var h VirtioNetHdr
+			if err := h.Decode(frames[0]); err != nil || h != tt.want {
+				t.Fatalf("header %v (%v), want %v", h, err, tt.want)
+			}
+			if !bytes.Equal(frames[0][coalesceIPOff:], tt.pkt) {
+				t.Fatal("packet changed")
+			}
+			if h.NeedsCsum() {
+				if err := h.Validate(frames[0][VirtioNetHdrLen:]); err != nil {
+					t.Fatal(err)
+				}
+				fin := bytes.Clone(frames[0][coalesceIPOff:])
+				FinishCsum(fin)
+				if !l4ChecksumOK(fin) {
+					t.Fatal("finished where the header says: bad checksum")
+				}
+			}
+		})
+	}
+}
+
+func TestFinishCsumRefuses(t *testing.T) {
+	frag := l4Spec{proto: protoUDP, payload: pattern(100)}.packet()
+	binary.BigEndian.PutUint16(frag[6:8], ipv4FlagMF)
+	binary.BigEndian.PutUint16(frag[10:12], 0)
+	binary.BigEndian.PutUint16(frag[10:12], ^refSum16(frag[:20], 0))
+	short := l4Spec{payload: pattern(10)}.packet()[:30]
+	for name, p := range map[string][]byte{
+		"fragment":  frag,
+		"ICMP":      ipv4Spec{src: testPeer, dst: testVMAddr, proto: 1}.packet(),
+		"truncated": short,
+		"empty":     nil,
+	} {
+		orig := bytes.Clone(p)
+		if FinishCsum(p) || !bytes.Equal(p, orig) {
+			t.Errorf("%s: finished, or changed", name)
+		}
 	}
 }

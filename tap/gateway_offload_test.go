@@ -146,7 +146,7 @@ func TestToVMOffload(t *testing.T) {
 		frames = append(frames, bytes.Clone(out))
 	}
 	for _, s := range segmentsOf(t, spec, 1400) {
-		c.Add(s, emit)
+		c.Add(s, false, emit)
 	}
 	c.Flush(emit)
 	if len(frames) != 1 {

@@ -3,6 +3,7 @@ package tap
 import (
 	"bytes"
 	"encoding/binary"
+	"slices"
 	"testing"
 )
 
@@ -91,8 +92,34 @@ func FuzzSegment(f *testing.F) {
 				t.Fatalf("segment %d: transport checksum does not verify", i)
 			}
 		}
+
+		// Left partial, and finished at the far end, the segments are
+		// the same.
+		complete := bytes.Clone(out[:(n-1)*stride+layout.Headroom+sizes[n-1]])
+		completeSizes := slices.Clone(sizes[:n])
+		layout.PartialCsum = true
+		pn, pstride, err := Segment(h, pkt, int(mtu), out, layout, sizes)
+		if err != nil || pn != n || pstride != stride {
+			t.Fatalf("partial: %d segments of stride %d (%v), complete: %d of %d", pn, pstride, err, n, stride)
+		}
+		for i := range n {
+			seg := out[i*stride+layout.Headroom:][:sizes[i]]
+			if sizes[i] != completeSizes[i] {
+				t.Fatalf("segment %d: %d bytes partial, %d complete", i, sizes[i], completeSizes[i])
+			}
+			if h.GSOType != VirtioNetHdrGSONone && !FinishCsum(seg) {
+				t.Fatalf("segment %d: partial checksum cannot be finished", i)
+			}
+			if !bytes.Equal(seg, complete[i*stride+layout.Headroom:][:sizes[i]]) {
+				t.Fatalf("segment %d, finished, differs from the complete one", i)
+			}
+		}
 	})
 }
+
+// partialBit marks a packet of FuzzCoalesce's stream as having a partial
+// checksum.
+const partialBit = 0x8000
 
 func FuzzCoalesce(f *testing.F) {
 	var stream []byte
@@ -102,26 +129,44 @@ func FuzzCoalesce(f *testing.F) {
 	}
 	f.Add(stream)
 	f.Add([]byte{0, 3, 0x45, 0, 0})
+	// The same segments with their checksums left partial.
+	stream = nil
+	for _, s := range segmentsWith(&testing.T{}, l4Spec{payload: pattern(6000), flags: tcpACK | tcpPSH}, 1000, SegmentLayout{PartialCsum: true}) {
+		stream = binary.BigEndian.AppendUint16(stream, partialBit|uint16(len(s)))
+		stream = append(stream, s...)
+	}
+	f.Add(stream)
 	// Room for the most segments a 64 KiB frame can hold.
 	out := make([]byte, 4<<20)
 	sizes := make([]int, 1<<16)
 	f.Fuzz(func(t *testing.T, stream []byte) {
-		// stream is packets, each behind a 2-byte length.
+		// stream is packets, each behind a 2-byte length whose top bit
+		// says that the packet's checksum is partial.
 		var pkts [][]byte
+		var partials []bool
 		for len(stream) >= 2 {
-			n := min(int(binary.BigEndian.Uint16(stream)), len(stream)-2)
+			l := binary.BigEndian.Uint16(stream)
+			n := min(int(l&^partialBit), len(stream)-2)
 			pkts = append(pkts, stream[2:2+n])
+			partials = append(partials, l&partialBit != 0)
 			stream = stream[2+n:]
 		}
 		var inLen, outLen int
-		for _, p := range pkts {
-			if _, ok := coalescible(p); ok {
+		for i, p := range pkts {
+			if _, ok := coalescible(p, partials[i]); ok {
 				inLen += int(binary.BigEndian.Uint16(p[2:4])) // padding goes
 			} else {
 				inLen += len(p)
 			}
 		}
-		for _, fr := range collect(pkts) {
+		var frames [][]byte
+		c := NewCoalescer()
+		emit := func(f []byte) { frames = append(frames, bytes.Clone(f)) }
+		for i, p := range pkts {
+			c.Add(p, partials[i], emit)
+		}
+		c.Flush(emit)
+		for _, fr := range frames {
 			var h VirtioNetHdr
 			if err := h.Decode(fr); err != nil {
 				t.Fatal(err)
@@ -134,6 +179,14 @@ func FuzzCoalesce(f *testing.F) {
 			case h.Flags == VirtioNetHdrFDataValid && h.GSOType == VirtioNetHdrGSONone:
 				if !l4ChecksumOK(pkt) {
 					t.Fatal("DATA_VALID on a bad checksum")
+				}
+				outLen += len(pkt)
+				continue
+			case h.NeedsCsum() && h.GSOType == VirtioNetHdrGSONone:
+				// A partial checksum, for the kernel to finish where
+				// the header says.
+				if err := h.Validate(fr[VirtioNetHdrLen:]); err != nil || int(h.CsumStart) < EthHeaderLen+ipv4MinHeaderLen {
+					t.Fatalf("NEEDS_CSUM frame %v, %d bytes: %v", h, len(fr), err)
 				}
 				outLen += len(pkt)
 				continue

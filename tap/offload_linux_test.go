@@ -201,7 +201,7 @@ func TestOffloadTCPThroughKernel(t *testing.T) {
 		}
 	}
 	for i := range n {
-		c.Add(out[i*stride:][:sizes[i]], emit)
+		c.Add(out[i*stride:][:sizes[i]], false, emit)
 	}
 	c.Flush(emit)
 	if emitted != 1 {
@@ -214,5 +214,36 @@ func TestOffloadTCPThroughKernel(t *testing.T) {
 	}
 	if !bytes.Equal(recv, sent) {
 		t.Fatal("socket read other bytes than the peer sent")
+	}
+
+	// Segments whose checksums the sending node left partial, then a lone
+	// one: a GSO frame and a plain frame, both NEEDS_CSUM, which the
+	// kernel takes without computing a checksum.
+	peerSeq += uint32(len(sent))
+	sent = pattern(20001)[1:]
+	hdr, big = partial(fromPeer(tcpACK, nil, sent), VirtioNetHdrGSOTCPv4, mss)
+	n, stride, err = Segment(hdr, big, mtu, out, SegmentLayout{PartialCsum: true}, sizes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	emitted = 0
+	for i := range n {
+		c.Add(out[i*stride:][:sizes[i]], true, emit)
+	}
+	peerSeq += uint32(len(sent))
+	lone := pattern(501)[1:]
+	_, p := partial(fromPeer(tcpACK|tcpPSH, nil, lone), VirtioNetHdrGSONone, 0)
+	c.Add(p, true, emit)
+	c.Flush(emit)
+	if emitted != 2 {
+		t.Fatalf("%d frames written, want a GSO frame and a lone segment", emitted)
+	}
+	sent = append(sent, lone...)
+	recv = make([]byte, len(sent))
+	if _, err := io.ReadFull(conn, recv); err != nil {
+		t.Fatalf("socket read of the partial-checksum frames: %v", err)
+	}
+	if !bytes.Equal(recv, sent) {
+		t.Fatal("socket read other bytes than the peer sent with partial checksums")
 	}
 }

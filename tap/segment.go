@@ -15,10 +15,19 @@ import (
 
 // SegmentLayout says where Segment puts segments in its output buffer:
 // every segment gets Headroom free bytes before it (for an overlay
-// header) and Tailroom after it (for an AEAD tag).
+// header) and Tailroom after it (for an AEAD tag), and how it leaves
+// their checksums.
 type SegmentLayout struct {
 	Headroom int
 	Tailroom int
+	// PartialCsum leaves the TCP or UDP checksum of each segment of a GSO
+	// packet partial, as the kernel hands it over with NEEDS_CSUM: the
+	// pseudo-header sum alone, for whoever delivers the segment to finish
+	// (FinishCsum) or to hand to a kernel as NEEDS_CSUM. A node whose
+	// peer's TAP takes offloads so saves a pass over every byte at each
+	// end: the AEAD already guards the segment in flight. Packets that
+	// need no segmenting come out complete either way.
+	PartialCsum bool
 }
 
 // TCP header flags.
@@ -46,7 +55,8 @@ var errSegmentIPv6 = errors.New("segment: IPv6 is not supported")
 
 // Segment turns pkt, an IPv4 packet described by hdr (offsets counted from
 // pkt's first byte, as Result.GSO gives them), into IPv4 packets of at
-// most mtu bytes with complete IPv4, TCP and UDP checksums:
+// most mtu bytes with complete IPv4, TCP and UDP checksums (or, with
+// layout.PartialCsum, partial TCP and UDP checksums for GSO packets):
 //
 //   - GSO none with NEEDS_CSUM: one packet, its checksum finished;
 //   - GSO none without: one packet, copied as it is;
@@ -196,6 +206,11 @@ func segmentL4(hdr VirtioNetHdr, pkt []byte, proto byte, mtu int, out []byte, la
 			l4[13] = f
 		} else {
 			binary.BigEndian.PutUint16(l4[4:6], uint16(len(l4)))
+		}
+		if layout.PartialCsum {
+			binary.BigEndian.PutUint16(l4[csumOffset:], pseudoSum(ip, proto, len(l4)))
+			sizes[i] = len(seg)
+			continue
 		}
 		l4[csumOffset], l4[csumOffset+1] = 0, 0
 		sum := ^sum16(l4, pseudoSum(ip, proto, len(l4)))
