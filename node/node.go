@@ -149,6 +149,9 @@ func New(ctx context.Context, cfg *Config, log *slog.Logger, opts ...Option) (*N
 		n.dev = o.device
 	} else {
 		tcfg := tap.Config{Name: cfg.TAP.Name, MTU: n.mtu, Offloads: *cfg.TAP.Offloads}
+		if tcfg.Offloads {
+			tcfg.GSOMaxSegs = overlay.SegmentsPerSend(n.mtu)
+		}
 		dev, err := tap.Open(tcfg)
 		if err != nil {
 			return nil, fmt.Errorf("open TAP %s: %w", cfg.TAP.Name, err)

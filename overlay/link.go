@@ -696,15 +696,19 @@ func (p *Peer) updatePath(now time.Time, connected bool) {
 
 // setEndpoint records the peer's UDP address. A change of address is a
 // path change: it rekeys.
-func (p *Peer) setEndpoint(ep netip.AddrPort, reason string) {
-	ep = netip.AddrPortFrom(ep.Addr().Unmap(), ep.Port())
-	if p.o.inVirtual(ep.Addr()) {
-		return // a datagram that came through the overlay itself
-	}
+//
+// It runs for every datagram received, so the common case, no change,
+// comes first and allocates nothing.
+func (p *Peer) setEndpoint(from netip.AddrPort, reason string) {
+	from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
 	old := p.endpoint.Load()
-	if old != nil && *old == ep {
+	if old != nil && *old == from {
 		return
 	}
+	if p.o.inVirtual(from.Addr()) {
+		return // a datagram that came through the overlay itself
+	}
+	ep := from
 	p.endpoint.Store(&ep)
 	if old != nil {
 		p.o.log.Info("peer endpoint moved", "peer", p.id, "from", *old, "to", ep, "reason", reason)
@@ -842,7 +846,7 @@ func (p *Peer) sendSegments(typ byte, buf []byte, stride int, lens []int) error 
 	}
 	// One GSO send carries at most maxGSOSegments datagrams of stride
 	// bytes within maxGSOBytes.
-	per := min(maxGSOSegments, maxGSOBytes/stride) * stride
+	per := SegmentsPerSend(stride-Overhead) * stride
 	for off := 0; off < end; off += per {
 		if err := p.o.udp.writeBatch(buf[off:min(off+per, end)], stride, *ep); err != nil {
 			p.drops.Add(1)

@@ -27,6 +27,14 @@ const (
 	maxGSOSegments = 64
 )
 
+// SegmentsPerSend is how many datagrams, each carrying a packet of up to
+// mtu bytes, one UDP_SEGMENT send takes. A TSO frame of more segments
+// costs a second system call at each end for its last few: a TAP's
+// gso_max_segs set to this keeps the VM's frames to one.
+func SegmentsPerSend(mtu int) int {
+	return max(1, min(maxGSOSegments, maxGSOBytes/(mtu+Overhead)))
+}
+
 // udpConn is the data socket with its offloads.
 type udpConn struct {
 	*net.UDPConn

@@ -45,6 +45,10 @@ type Config struct {
 	// frames of up to 64 KiB with their checksums left undone. If the
 	// kernel refuses, the device opens without them: check Offloads().
 	Offloads bool
+	// GSOMaxSegs, if not 0, bounds the segments of one TSO or USO frame
+	// (the device's gso_max_segs), so that the VM's kernel makes frames
+	// whose segments leave in one batch.
+	GSOMaxSegs int
 }
 
 // Linux is a TAP device created through /dev/net/tun. It implements Device.
@@ -171,6 +175,11 @@ func (d *Linux) configure(cfg Config) error {
 	if cfg.MTU != 0 {
 		if err := netlink.LinkSetMTU(link, cfg.MTU); err != nil {
 			return fmt.Errorf("set MTU %d: %w", cfg.MTU, err)
+		}
+	}
+	if cfg.GSOMaxSegs != 0 {
+		if err := netlink.LinkSetGSOMaxSegs(link, cfg.GSOMaxSegs); err != nil {
+			return fmt.Errorf("set gso_max_segs %d: %w", cfg.GSOMaxSegs, err)
 		}
 	}
 	if cfg.Addr.IsValid() {

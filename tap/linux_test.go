@@ -72,7 +72,7 @@ func TestOpenConfiguresLink(t *testing.T) {
 	requireTAP(t)
 	mac := net.HardwareAddr{0x02, 0x52, 0x4e, 0x00, 0x00, 0x01}
 	prefix := testPrefix()
-	d := openTest(t, Config{Name: testName(1), MTU: 1400, MAC: mac, Addr: prefix})
+	d := openTest(t, Config{Name: testName(1), MTU: 1400, MAC: mac, Addr: prefix, GSOMaxSegs: 44})
 
 	if d.Name() != testName(1) {
 		t.Errorf("Name() = %q, want %q", d.Name(), testName(1))
@@ -89,8 +89,8 @@ func TestOpenConfiguresLink(t *testing.T) {
 		t.Fatal(err)
 	}
 	attrs := link.Attrs()
-	if attrs.MTU != 1400 || !bytes.Equal(attrs.HardwareAddr, mac) || attrs.Flags&net.FlagUp == 0 {
-		t.Errorf("link has MTU %d, MAC %v, flags %v; want 1400, %v, up", attrs.MTU, attrs.HardwareAddr, mac, attrs.Flags)
+	if attrs.MTU != 1400 || !bytes.Equal(attrs.HardwareAddr, mac) || attrs.Flags&net.FlagUp == 0 || attrs.GSOMaxSegs != 44 {
+		t.Errorf("link has MTU %d, MAC %v, flags %v, gso_max_segs %d; want 1400, %v, up, 44", attrs.MTU, attrs.HardwareAddr, attrs.Flags, attrs.GSOMaxSegs, mac)
 	}
 	addrs, err := netlink.AddrList(link, netlink.FAMILY_V4)
 	if err != nil {

@@ -31,7 +31,10 @@ func TestOffloadTCPThroughKernel(t *testing.T) {
 	gwMAC := net.HardwareAddr{0x02, 0x52, 0x4e, 0xff, 0xff, 0xfd}
 	prefix := netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 19, byte(testPrefix().Addr().As4()[2]), 1}), 24)
 	peer := prefix.Addr().Next()
-	d := openTest(t, Config{Name: testName(7), MTU: mtu, MAC: vmMAC, Addr: prefix, Offloads: true})
+	// At most 3 segments per TSO frame: the 30000-byte write below makes
+	// frames of as many as the initial window allows (10) otherwise.
+	const maxSegs = 3
+	d := openTest(t, Config{Name: testName(7), MTU: mtu, MAC: vmMAC, Addr: prefix, Offloads: true, GSOMaxSegs: maxSegs})
 	if !d.Offloads().TSO() {
 		t.Fatalf("offloads %v, want TSO", d.Offloads())
 	}
@@ -157,6 +160,9 @@ func TestOffloadTCPThroughKernel(t *testing.T) {
 	first := binary.BigEndian.Uint32(r.Packet[24:28]) - vmSeq
 	if r.GSO.GSO() != VirtioNetHdrGSOTCPv4 || r.GSO.GSOSize != mss || len(r.Packet) <= mtu {
 		t.Fatalf("large write came as %v, %d bytes", r.GSO, len(r.Packet))
+	}
+	if segs := (len(r.Packet) - 40 + mss - 1) / mss; segs > maxSegs {
+		t.Fatalf("a TSO frame of %d segments; gso_max_segs is %d", segs, maxSegs)
 	}
 	out := make([]byte, 128<<10)
 	sizes := make([]int, 128)

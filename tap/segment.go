@@ -175,6 +175,13 @@ func segmentL4(hdr VirtioNetHdr, pkt []byte, proto byte, mtu int, out []byte, la
 	}
 
 	id := binary.BigEndian.Uint16(pkt[4:6])
+	// The segments' IPv4 headers differ from pkt's only in length and ID
+	// (and checksum): sum the rest once, and add those two per segment.
+	var ipHdr [60]byte
+	copy(ipHdr[:], pkt[:ihl])
+	clear(ipHdr[2:6])
+	clear(ipHdr[10:12])
+	ipSum := uint32(sum16(ipHdr[:ihl], 0))
 	var seq uint32
 	var flags byte
 	if proto == protoTCP {
@@ -191,7 +198,7 @@ func segmentL4(hdr VirtioNetHdr, pkt []byte, proto byte, mtu int, out []byte, la
 		ip := seg[:ihl]
 		binary.BigEndian.PutUint16(ip[2:4], uint16(len(seg)))
 		binary.BigEndian.PutUint16(ip[4:6], id+uint16(i))
-		setIPv4Checksum(ip)
+		binary.BigEndian.PutUint16(ip[10:12], ^fold32(ipSum+uint32(len(seg))+uint32(id+uint16(i))))
 
 		l4 := seg[ihl:]
 		if proto == protoTCP {

@@ -114,16 +114,18 @@ func main() {
 // static peers of each other, with base as the start of their config, and
 // waits until the overlay carries a ping. The caller closes the bed.
 func newPair(ctx context.Context, opts testbed.Options, base node.Config) (bed *testbed.Bed, a, b *testbed.VM, err error) {
-	bed, err = testbed.New(ctx, opts)
+	made, err := testbed.New(ctx, opts)
 	if err != nil {
 		return nil, nil, nil, err
 	}
+	// made, not bed: a failing return sets bed to nil before this runs.
 	defer func() {
 		if err != nil {
-			bed.DumpLogs(30)
-			bed.Close()
+			made.DumpLogs(30)
+			made.Close()
 		}
 	}()
+	bed = made
 	var vms [2]*testbed.VM
 	for i, name := range []string{"a", "b"} {
 		site, err := bed.AddSite(ctx, "site"+name, testbed.NATNone)
