@@ -336,9 +336,9 @@ func FuzzReceive(f *testing.F) {
 	from := netip.MustParseAddrPort("127.0.0.1:9")
 	f.Fuzz(func(t *testing.T, dgram []byte, stream bool) {
 		if stream {
-			a.receive(rx, dgram, PathStream, netip.AddrPort{}, sender)
+			a.receive(rx, nil, dgram, PathStream, netip.AddrPort{}, sender)
 		} else {
-			a.receive(rx, dgram, PathUDP, from, nil)
+			a.receive(rx, &lookups{}, dgram, PathUDP, from, nil)
 		}
 	})
 }

@@ -608,3 +608,30 @@ func TestIdleDataStreamClosed(t *testing.T) {
 		waitFor(t, "the idle stream given up", func() bool { return !running() })
 	}
 }
+
+// A batch's remembered source address vouches only for the peer it was
+// looked up for: another peer sending from it is still refused.
+func TestHoldsSourceRemembersPerPeer(t *testing.T) {
+	a := newTestNode(t, "10.128.0.1", 0)
+	b := newTestNode(t, "10.128.0.2", 0)
+	c := newTestNode(t, "10.128.0.3", 0)
+	link(t, a, b)
+	link(t, a, c)
+	a.mu.RLock()
+	pb, pc := a.peers[b.ID()], a.peers[c.ID()]
+	a.mu.RUnlock()
+	fromB := ipv4("10.128.0.2", "10.128.0.1", "x")
+	var lk lookups
+	if !pb.holdsSource(&lk, fromB) {
+		t.Fatal("b's own address refused")
+	}
+	if lk.holder != pb {
+		t.Fatal("the address that passed was not remembered")
+	}
+	if pc.holdsSource(&lk, fromB) {
+		t.Fatal("c passed as b on the strength of b's lookup")
+	}
+	if !pb.holdsSource(&lk, fromB) || pb.holdsSource(&lk, ipv4("10.128.0.3", "10.128.0.1", "x")) {
+		t.Fatal("remembering one address changed the answer for another")
+	}
+}

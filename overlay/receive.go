@@ -23,6 +23,7 @@ func (o *Overlay) receiveUDP() {
 	rx := o.cfg.NewReceiver()
 	m := newMmsgs(recvBatch, 64)
 	bufs := [][]byte{make([]byte, maxDatagram)}
+	var lk lookups
 	for {
 		for i := range bufs {
 			m.set(i, bufs[i], netip.AddrPort{})
@@ -45,10 +46,11 @@ func (o *Overlay) receiveUDP() {
 					o.handleSTUN(d, from)
 					continue
 				}
-				o.receive(rx, d, PathUDP, from, nil)
+				o.receive(rx, &lk, d, PathUDP, from, nil)
 			}
 		}
 		rx.Flush()
+		lk = lookups{}
 		if cnt == len(bufs) {
 			for len(bufs) < min(2*cnt, recvBatch) {
 				bufs = append(bufs, make([]byte, maxDatagram))
@@ -57,10 +59,24 @@ func (o *Overlay) receiveUDP() {
 	}
 }
 
+// lookups remembers, for one batch of datagrams read together, the session
+// and the source address looked up last: a GRO run brings dozens of
+// datagrams under one session with one source address, and each lookup
+// takes the overlay's lock. A change made meanwhile (a new session, an
+// address that moved) takes effect with the next batch.
+type lookups struct {
+	index   uint32
+	peer    *Peer
+	session *session
+	src     netip.Addr
+	holder  *Peer
+}
+
 // receive handles one datagram. via says where it came from: for UDP, from
 // is its source; for the stream, sender is the authenticated peer it came
-// from, and datagrams that name another peer's session are refused.
-func (o *Overlay) receive(rx Receiver, dgram []byte, via Path, from netip.AddrPort, sender *Peer) {
+// from, and datagrams that name another peer's session are refused. lk,
+// if not nil, holds the lookups of the batch the datagram came in.
+func (o *Overlay) receive(rx Receiver, lk *lookups, dgram []byte, via Path, from netip.AddrPort, sender *Peer) {
 	h, err := parseHeader(dgram)
 	if err != nil {
 		o.drops.malformed.Add(1)
@@ -70,7 +86,7 @@ func (o *Overlay) receive(rx Receiver, dgram []byte, via Path, from netip.AddrPo
 		o.onLost(h.receiver, via, from, sender)
 		return
 	}
-	p, s := o.session(h.receiver)
+	p, s := o.sessionIn(lk, h.receiver)
 	// No session yet (a handshake in progress) counts as unknown too, and
 	// so does an end-to-end session of the ring on a link, except for the
 	// direct UDP path hole punching made for it.
@@ -100,12 +116,12 @@ func (o *Overlay) receive(rx Receiver, dgram []byte, via Path, from netip.AddrPo
 	if via == PathUDP {
 		p.setEndpoint(from, "datagram from new address")
 	}
-	p.handle(rx, h.typ, dgram, pt, via, from)
+	p.handle(rx, lk, h.typ, dgram, pt, via, from)
 }
 
 // handle acts on an opened datagram from p: pt, its plaintext, starts at
-// dgram[HeaderLen:].
-func (p *Peer) handle(rx Receiver, typ byte, dgram, pt []byte, via Path, from netip.AddrPort) {
+// dgram[HeaderLen:]. lk is as for receive.
+func (p *Peer) handle(rx Receiver, lk *lookups, typ byte, dgram, pt []byte, via Path, from netip.AddrPort) {
 	switch typ {
 	case typePing:
 		p.rxControl.Add(1)
@@ -121,7 +137,7 @@ func (p *Peer) handle(rx Receiver, typ byte, dgram, pt []byte, via Path, from ne
 		p.rxControl.Add(1)
 		p.onPunch(pt)
 	case typeData, typeDataPartial:
-		if !p.holdsSource(pt) {
+		if !p.holdsSource(lk, pt) {
 			if p.hold(pt, typ == typeDataPartial) {
 				return
 			}
@@ -133,6 +149,18 @@ func (p *Peer) handle(rx Receiver, typ byte, dgram, pt []byte, via Path, from ne
 		p.rxBytes.Add(uint64(len(pt)))
 		rx.Deliver(dgram[:HeaderLen+len(pt)], typ == typeDataPartial)
 	}
+}
+
+// sessionIn is session, looked up in lk first and remembered there.
+func (o *Overlay) sessionIn(lk *lookups, idx uint32) (*Peer, *session) {
+	if lk != nil && lk.session != nil && lk.index == idx {
+		return lk.peer, lk.session
+	}
+	p, s := o.session(idx)
+	if lk != nil && s != nil {
+		lk.index, lk.peer, lk.session = idx, p, s
+	}
+	return p, s
 }
 
 // session finds the session a receiver index names, and its peer; nil
@@ -184,15 +212,23 @@ func (p *Peer) answerPing(via Path, from netip.AddrPort, buf []byte) {
 }
 
 // holdsSource reports whether the packet's IPv4 source address is one the
-// peer announced, so that no member can send as another.
-func (p *Peer) holdsSource(pkt []byte) bool {
+// peer announced, so that no member can send as another. lk, if not nil,
+// remembers the last address that passed.
+func (p *Peer) holdsSource(lk *lookups, pkt []byte) bool {
 	if len(pkt) < 20 || pkt[0]>>4 != 4 {
 		return false
 	}
 	src := netip.AddrFrom4([4]byte(pkt[12:16]))
+	if lk != nil && lk.holder == p && lk.src == src {
+		return true
+	}
 	p.o.mu.RLock()
-	defer p.o.mu.RUnlock()
-	return p.o.byAddr[src] == p
+	held := p.o.byAddr[src] == p
+	p.o.mu.RUnlock()
+	if held && lk != nil {
+		lk.src, lk.holder = src, p
+	}
+	return held
 }
 
 // dropCounters count datagrams and packets refused, by reason.

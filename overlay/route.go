@@ -315,7 +315,7 @@ func (o *Overlay) deliverRouted(rx Receiver, rh routing.Header, inner []byte) {
 		// that it holds them.
 		p.confirm(s)
 	}
-	p.handle(rx, h.typ, inner, pt, PathRing, netip.AddrPort{})
+	p.handle(rx, nil, h.typ, inner, pt, PathRing, netip.AddrPort{})
 }
 
 // sendRing seals a payload end to end for p and sends it over the ring.

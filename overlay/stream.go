@@ -191,7 +191,7 @@ func (o *Overlay) handleDataStream(st network.Stream) {
 			o.routeBufs.Put(bp)
 			return
 		}
-		o.receive(rx, buf[:n], PathStream, netip.AddrPort{}, p)
+		o.receive(rx, nil, buf[:n], PathStream, netip.AddrPort{}, p)
 		o.routeBufs.Put(bp)
 		if r.Buffered() == 0 {
 			rx.Flush()
