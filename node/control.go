@@ -186,6 +186,7 @@ func (n *Node) Status() Status {
 		Drops:          n.ov.Drops(),
 		ControlTraffic: n.ov.ControlTraffic(),
 		Memory:         memoryStatus(),
+		GOMAXPROCS:     runtime.GOMAXPROCS(0),
 		Peers:          []PeerStatus{},
 	}
 	st.Lease.Counters["dht_invalid"] = n.lease.invalid.Load()

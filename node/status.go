@@ -26,6 +26,8 @@ type Status struct {
 	// transport framing.
 	ControlTraffic map[string]uint64 `json:"control_traffic"`
 	Memory         MemoryStatus      `json:"memory"`
+	// GOMAXPROCS is how many threads run the node's Go code at once.
+	GOMAXPROCS int `json:"gomaxprocs"`
 }
 
 // LeaseStatus is the VM's lease in the DHT, and how addresses resolve.

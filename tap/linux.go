@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"syscall"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -65,7 +66,10 @@ type Linux struct {
 	// file is the TAP's fd, non-blocking and registered with the Go
 	// poller so that Close unblocks a pending Read. Holding it keeps its
 	// finalizer from closing the fd under us.
-	file  *os.File
+	file *os.File
+	// raw reads the queued frames after the first of a batch; made once,
+	// as each SyscallConn call allocates.
+	raw   syscall.RawConn
 	name  string
 	index int
 	mac   net.HardwareAddr
@@ -99,7 +103,12 @@ func Open(cfg Config) (*Linux, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Linux{file: file, name: name, off: off}
+	raw, err := file.SyscallConn()
+	if err != nil {
+		file.Close()
+		return nil, fmt.Errorf("tap %s: %w", name, err)
+	}
+	d := &Linux{file: file, raw: raw, name: name, off: off}
 	if err := d.configure(cfg); err != nil {
 		d.Close()
 		return nil, fmt.Errorf("tap %s: %w", name, err)
@@ -254,15 +263,11 @@ func (d *Linux) ReadFrames(bufs [][]byte, sizes []int) (int, error) {
 		return 0, err
 	}
 	sizes[0] = n
-	raw, err := d.file.SyscallConn()
-	if err != nil {
-		return 1, nil
-	}
 	count := 1
 	for count < len(bufs) {
 		var rn int
 		var rerr error
-		if err := raw.Read(func(fd uintptr) bool {
+		if err := d.raw.Read(func(fd uintptr) bool {
 			rn, rerr = unix.Read(int(fd), bufs[count])
 			return true // one try: never wait for more
 		}); err != nil || rerr != nil || rn <= 0 {

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -60,6 +61,11 @@ func TestPingAndTCPThroughOverlay(t *testing.T) {
 		}
 		if !slices.ContainsFunc(st.Peers, func(ps node.PeerStatus) bool { return ps.PeerID == otherID }) {
 			t.Errorf("%s: status lists peers %+v, want %s among them", c.vm.Name(), st.Peers, otherID)
+		}
+		// On a machine of two cores or fewer a node runs its Go code
+		// on one thread, unless the environment says otherwise.
+		if os.Getenv("GOMAXPROCS") == "" && runtime.GOMAXPROCS(0) <= 2 && st.GOMAXPROCS != 1 {
+			t.Errorf("%s: gomaxprocs %d on a machine where this test has %d; want 1", c.vm.Name(), st.GOMAXPROCS, runtime.GOMAXPROCS(0))
 		}
 	}
 }
