@@ -17,6 +17,14 @@ type mmsgs struct {
 	iovs  []unix.Iovec
 	names []unix.RawSockaddrInet4
 	oobs  [][]byte
+
+	// The system call in progress, for recvFn and sendFn: bound once, so
+	// that handing them to the poller allocates nothing per call.
+	first, count int
+	done         int
+	errno        syscall.Errno
+	recvFn       func(fd uintptr) bool
+	sendFn       func(fd uintptr) bool
 }
 
 func newMmsgs(n, oobLen int) *mmsgs {
@@ -31,7 +39,19 @@ func newMmsgs(n, oobLen int) *mmsgs {
 			m.oobs[i] = make([]byte, oobLen)
 		}
 	}
+	m.recvFn = func(fd uintptr) bool { return m.call(unix.SYS_RECVMMSG, fd) }
+	m.sendFn = func(fd uintptr) bool { return m.call(unix.SYS_SENDMMSG, fd) }
 	return m
+}
+
+// call makes one recvmmsg or sendmmsg call for messages first to
+// first+count-1, without waiting; it reports false, to be called again
+// when the socket is ready, if it would have had to wait.
+func (m *mmsgs) call(trap, fd uintptr) bool {
+	r, _, e := unix.Syscall6(trap, fd, uintptr(unsafe.Pointer(&m.hdrs[m.first])),
+		uintptr(m.count), unix.MSG_DONTWAIT, 0, 0)
+	m.done, m.errno = int(r), e
+	return e != unix.EAGAIN
 }
 
 // set points message i at buf, with addr as its destination (for sending;
@@ -71,42 +91,28 @@ func (m *mmsgs) received(i int) (n int, oob []byte) {
 // recvmmsg fills messages 0..len-1, waiting for the first; it returns how
 // many arrived.
 func (u *udpConn) recvmmsg(m *mmsgs, count int) (int, error) {
-	var n int
-	var errno syscall.Errno
-	err := u.raw.Read(func(fd uintptr) bool {
-		r, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&m.hdrs[0])),
-			uintptr(count), unix.MSG_DONTWAIT, 0, 0)
-		n, errno = int(r), e
-		return errno != unix.EAGAIN
-	})
-	if err != nil {
+	m.first, m.count = 0, count
+	if err := u.raw.Read(m.recvFn); err != nil {
 		return 0, err
 	}
-	if errno != 0 {
-		return 0, errno
+	if m.errno != 0 {
+		return 0, m.errno
 	}
-	return n, nil
+	return m.done, nil
 }
 
 // sendmmsg sends messages 0..count-1, all of them unless an error stops
 // it.
 func (u *udpConn) sendmmsg(m *mmsgs, count int) error {
 	for sent := 0; sent < count; {
-		var n int
-		var errno syscall.Errno
-		err := u.raw.Write(func(fd uintptr) bool {
-			r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&m.hdrs[sent])),
-				uintptr(count-sent), unix.MSG_DONTWAIT, 0, 0)
-			n, errno = int(r), e
-			return errno != unix.EAGAIN
-		})
-		if err != nil {
+		m.first, m.count = sent, count-sent
+		if err := u.raw.Write(m.sendFn); err != nil {
 			return err
 		}
-		if errno != 0 {
-			return errno
+		if m.errno != 0 {
+			return m.errno
 		}
-		sent += n
+		sent += m.done
 	}
 	return nil
 }

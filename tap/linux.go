@@ -67,14 +67,19 @@ type Linux struct {
 	// poller so that Close unblocks a pending Read. Holding it keeps its
 	// finalizer from closing the fd under us.
 	file *os.File
-	// raw reads the queued frames after the first of a batch; made once,
-	// as each SyscallConn call allocates.
-	raw   syscall.RawConn
-	name  string
-	index int
-	mac   net.HardwareAddr
-	mtu   int
-	off   OffloadState
+	// raw reads the queued frames after the first of a batch, with
+	// readMore, which reads into moreBuf: both made once, as SyscallConn
+	// and a closure handed to the poller allocate.
+	raw      syscall.RawConn
+	readMore func(fd uintptr) bool
+	moreBuf  []byte
+	moreN    int
+	moreErr  error
+	name     string
+	index    int
+	mac      net.HardwareAddr
+	mtu      int
+	off      OffloadState
 
 	closeOnce sync.Once
 	closeErr  error
@@ -109,6 +114,10 @@ func Open(cfg Config) (*Linux, error) {
 		return nil, fmt.Errorf("tap %s: %w", name, err)
 	}
 	d := &Linux{file: file, raw: raw, name: name, off: off}
+	d.readMore = func(fd uintptr) bool {
+		d.moreN, d.moreErr = unix.Read(int(fd), d.moreBuf)
+		return true // one try: never wait for more
+	}
 	if err := d.configure(cfg); err != nil {
 		d.Close()
 		return nil, fmt.Errorf("tap %s: %w", name, err)
@@ -253,10 +262,9 @@ func (d *Linux) ReadFrame(buf []byte) (int, error) {
 	return d.file.Read(buf)
 }
 
-// WriteFrame writes one Ethernet frame to the kernel, as if it had arrived
-// on the interface; with offloads, preceded by a VirtioNetHdr.
 // ReadFrames implements BatchReader: after one blocking read it reads on
-// until the device has nothing queued (EAGAIN) or bufs are full.
+// until the device has nothing queued (EAGAIN) or bufs are full. One
+// goroutine at a time may call it.
 func (d *Linux) ReadFrames(bufs [][]byte, sizes []int) (int, error) {
 	n, err := d.file.Read(bufs[0])
 	if err != nil {
@@ -265,20 +273,20 @@ func (d *Linux) ReadFrames(bufs [][]byte, sizes []int) (int, error) {
 	sizes[0] = n
 	count := 1
 	for count < len(bufs) {
-		var rn int
-		var rerr error
-		if err := d.raw.Read(func(fd uintptr) bool {
-			rn, rerr = unix.Read(int(fd), bufs[count])
-			return true // one try: never wait for more
-		}); err != nil || rerr != nil || rn <= 0 {
+		d.moreBuf = bufs[count]
+		err := d.raw.Read(d.readMore)
+		d.moreBuf = nil
+		if err != nil || d.moreErr != nil || d.moreN <= 0 {
 			break
 		}
-		sizes[count] = rn
+		sizes[count] = d.moreN
 		count++
 	}
 	return count, nil
 }
 
+// WriteFrame writes one Ethernet frame to the kernel, as if it had arrived
+// on the interface; with offloads, preceded by a VirtioNetHdr.
 func (d *Linux) WriteFrame(frame []byte) error {
 	_, err := d.file.Write(frame)
 	return err

@@ -295,3 +295,72 @@ func TestOpenWithOffloads(t *testing.T) {
 		t.Errorf("device without Config.Offloads reports %v", got)
 	}
 }
+
+// ReadFrames takes every frame the kernel has queued in one call, and
+// allocates nothing doing so.
+func TestReadFramesTakesWhatIsQueued(t *testing.T) {
+	requireTAP(t)
+	prefix := netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(os.Getpid()%256 + 1), 1}), 24)
+	d := openTest(t, Config{Name: testName(9), MTU: 1400, Addr: prefix})
+	link, err := netlink.LinkByIndex(d.index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A static neighbour, so that datagrams leave at once, no ARP first.
+	neighbour := prefix.Addr().Next()
+	if err := netlink.NeighAdd(&netlink.Neigh{
+		LinkIndex:    d.index,
+		State:        netlink.NUD_PERMANENT,
+		IP:           neighbour.AsSlice(),
+		HardwareAddr: net.HardwareAddr{0x02, 0x52, 0x4e, 0x00, 0x00, 0x09},
+	}); err != nil {
+		t.Fatalf("neighbour on %s: %v", link.Attrs().Name, err)
+	}
+	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: prefix.Addr().AsSlice()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	to := &net.UDPAddr{IP: neighbour.AsSlice(), Port: 9}
+
+	bufs := make([][]byte, 8)
+	for i := range bufs {
+		bufs[i] = make([]byte, 2048)
+	}
+	sizes := make([]int, len(bufs))
+	const queued = 5
+	// sendAndRead queues datagrams and reads them back; the kernel's own
+	// frames (IPv6 router solicitations and the like) may come along.
+	sendAndRead := func() int {
+		for i := range queued {
+			if _, err := conn.WriteToUDP([]byte{byte(i)}, to); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var udp int
+		for udp < queued {
+			n, err := d.ReadFrames(bufs, sizes)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range n {
+				f := bufs[i][:sizes[i]]
+				if len(f) > EthHeaderLen+20 && binary.BigEndian.Uint16(f[12:14]) == etherTypeIPv4 && f[EthHeaderLen+9] == protoUDP {
+					udp++
+				}
+			}
+			if udp < queued && n == 1 {
+				t.Fatalf("a read took one frame with %d datagrams still queued", queued-udp)
+			}
+		}
+		return udp
+	}
+	if got := sendAndRead(); got != queued {
+		t.Fatalf("%d datagrams read, want %d", got, queued)
+	}
+	// Sending allocates nothing here either (0 measured), so any
+	// allocation is ReadFrames'.
+	if allocs := testing.AllocsPerRun(20, func() { sendAndRead() }); allocs > 0 {
+		t.Errorf("%v allocations per %d datagrams sent and read", allocs, queued)
+	}
+}
