@@ -809,6 +809,12 @@ func (p *Peer) sendSegments(typ byte, buf []byte, stride int, lens []int) error 
 		}
 		return nil
 	}
+	first, ok := s.reserve(len(lens))
+	if !ok {
+		p.requestRekey("session spent")
+		p.o.drops.noSession.Add(uint64(len(lens)))
+		return ErrNoSession
+	}
 	end := 0
 	var bytes uint64
 	quiet := p.quiet.Load()
@@ -817,12 +823,7 @@ func (p *Peer) sendSegments(typ byte, buf []byte, stride int, lens []int) error 
 		if quiet {
 			p.keep(s.remoteIndex, typ, buf[off+HeaderLen:off+HeaderLen+n])
 		}
-		dgram, ok := s.seal(typ, buf[off:], n)
-		if !ok {
-			p.requestRekey("session spent")
-			p.o.drops.noSession.Add(uint64(len(lens) - i))
-			return ErrNoSession
-		}
+		dgram := s.sealAt(typ, first+uint64(i), buf[off:], n)
 		end = off + len(dgram)
 		bytes += uint64(n)
 		if path == PathStream {

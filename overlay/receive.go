@@ -50,6 +50,7 @@ func (o *Overlay) receiveUDP() {
 			}
 		}
 		rx.Flush()
+		lk.flush()
 		lk = lookups{}
 		if cnt == len(bufs) {
 			for len(bufs) < min(2*cnt, recvBatch) {
@@ -70,6 +71,31 @@ type lookups struct {
 	session *session
 	src     netip.Addr
 	holder  *Peer
+
+	// The packets received from counted and their bytes, not yet added
+	// to its counters: once per batch (or change of peer), not once per
+	// packet, since each addition is an atomic operation.
+	counted        *Peer
+	packets, bytes uint64
+}
+
+// count counts a packet of n bytes received from p.
+func (lk *lookups) count(p *Peer, n int) {
+	if lk.counted != p {
+		lk.flush()
+		lk.counted = p
+	}
+	lk.packets++
+	lk.bytes += uint64(n)
+}
+
+// flush adds what count counted to the peer's counters.
+func (lk *lookups) flush() {
+	if lk.counted != nil && lk.packets > 0 {
+		lk.counted.rxPackets.Add(lk.packets)
+		lk.counted.rxBytes.Add(lk.bytes)
+	}
+	lk.counted, lk.packets, lk.bytes = nil, 0, 0
 }
 
 // receive handles one datagram. via says where it came from: for UDP, from
@@ -145,8 +171,12 @@ func (p *Peer) handle(rx Receiver, lk *lookups, typ byte, dgram, pt []byte, via 
 			p.drops.Add(1)
 			return
 		}
-		p.rxPackets.Add(1)
-		p.rxBytes.Add(uint64(len(pt)))
+		if lk != nil {
+			lk.count(p, len(pt))
+		} else {
+			p.rxPackets.Add(1)
+			p.rxBytes.Add(uint64(len(pt)))
+		}
 		rx.Deliver(dgram[:HeaderLen+len(pt)], typ == typeDataPartial)
 	}
 }

@@ -106,13 +106,26 @@ func nonce(dgram []byte) []byte { return dgram[4:HeaderLen] }
 // returns the datagram, header included. buf needs TagLen bytes of spare
 // capacity past the payload. ok is false when the session is spent.
 func (s *session) seal(typ byte, buf []byte, n int) (dgram []byte, ok bool) {
-	counter := s.sendCounter.Add(1) - 1
-	if counter >= RejectAfterMessages {
+	counter, ok := s.reserve(1)
+	if !ok {
 		return nil, false
 	}
+	return s.sealAt(typ, counter, buf, n), true
+}
+
+// reserve takes n consecutive send counters, for a batch of datagrams to
+// seal with one atomic operation rather than n: it returns the first, and
+// false when the session cannot seal that many.
+func (s *session) reserve(n int) (first uint64, ok bool) {
+	end := s.sendCounter.Add(uint64(n))
+	return end - uint64(n), end <= RejectAfterMessages
+}
+
+// sealAt is seal under a counter that reserve handed out.
+func (s *session) sealAt(typ byte, counter uint64, buf []byte, n int) []byte {
 	header{typ: typ, receiver: s.remoteIndex, counter: counter}.put(buf)
 	out := s.send.Seal(buf[HeaderLen:HeaderLen], nonce(buf), buf[HeaderLen:HeaderLen+n], buf[:HeaderLen])
-	return buf[:HeaderLen+len(out)], true
+	return buf[:HeaderLen+len(out)]
 }
 
 // open authenticates and decrypts a datagram in place and checks it against
