@@ -156,12 +156,16 @@ func (c *Coalescer) canAppend(pkt []byte, thl int) bool {
 	// offset; TTL and protocol; addresses and ports; the ack number, data
 	// offset and flags (held has no PSH: it would be closed); window;
 	// options. Skipped: lengths, ID, checksums, sequence number.
+	// Fixed-width loads, not bytes.Equal: this runs for every segment.
+	be := binary.BigEndian
 	return pkt[1] == held[1] &&
-		bytes.Equal(pkt[6:10], held[6:10]) &&
-		bytes.Equal(pkt[12:24], held[12:24]) &&
-		bytes.Equal(pkt[28:33], held[28:33]) &&
+		be.Uint32(pkt[6:10]) == be.Uint32(held[6:10]) &&
+		be.Uint64(pkt[12:20]) == be.Uint64(held[12:20]) &&
+		be.Uint32(pkt[20:24]) == be.Uint32(held[20:24]) &&
+		be.Uint32(pkt[28:32]) == be.Uint32(held[28:32]) &&
+		pkt[32] == held[32] &&
 		pkt[33]&^tcpPSH == held[33] &&
-		bytes.Equal(pkt[34:36], held[34:36]) &&
+		be.Uint16(pkt[34:36]) == be.Uint16(held[34:36]) &&
 		bytes.Equal(pkt[40:c.hdrLen], held[40:])
 }
 

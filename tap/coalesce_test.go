@@ -195,15 +195,19 @@ func TestCoalesceAllocatesNothing(t *testing.T) {
 }
 
 func BenchmarkCoalesce(b *testing.B) {
-	segs := segmentsOf(&testing.T{}, l4Spec{payload: pattern(65000)}, 1400)
-	c := NewCoalescer()
-	emit := func([]byte) {}
-	b.SetBytes(65000)
-	for b.Loop() {
-		for _, s := range segs {
-			c.Add(s, false, emit)
-		}
-		c.Flush(emit)
+	for _, partial := range []bool{false, true} {
+		b.Run(fmt.Sprintf("partial=%v", partial), func(b *testing.B) {
+			segs := segmentsWith(&testing.T{}, l4Spec{payload: pattern(61600)}, 1400, SegmentLayout{PartialCsum: partial})
+			c := NewCoalescer()
+			emit := func([]byte) {}
+			b.SetBytes(61600)
+			for b.Loop() {
+				for _, s := range segs {
+					c.Add(s, partial, emit)
+				}
+				c.Flush(emit)
+			}
+		})
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/vishvananda/netlink"
@@ -67,19 +68,22 @@ type Linux struct {
 	// poller so that Close unblocks a pending Read. Holding it keeps its
 	// finalizer from closing the fd under us.
 	file *os.File
-	// raw reads the queued frames after the first of a batch, with
-	// readMore, which reads into moreBuf: both made once, as SyscallConn
-	// and a closure handed to the poller allocate.
-	raw      syscall.RawConn
-	readMore func(fd uintptr) bool
-	moreBuf  []byte
-	moreN    int
-	moreErr  error
-	name     string
-	index    int
-	mac      net.HardwareAddr
-	mtu      int
-	off      OffloadState
+	// raw and readFn read the frames of a batch (ReadFrames), readFn into
+	// readBuf: both made once, as SyscallConn and a closure handed to the
+	// poller allocate.
+	raw       syscall.RawConn
+	readFn    func(fd uintptr) bool
+	readBuf   []byte
+	readWait  bool // wait for a frame, rather than try once
+	readTries int  // readFn's calls for this frame: 1 if one was queued
+	readN     int
+	readErr   error
+	closed    atomic.Bool
+	name      string
+	index     int
+	mac       net.HardwareAddr
+	mtu       int
+	off       OffloadState
 
 	closeOnce sync.Once
 	closeErr  error
@@ -114,9 +118,10 @@ func Open(cfg Config) (*Linux, error) {
 		return nil, fmt.Errorf("tap %s: %w", name, err)
 	}
 	d := &Linux{file: file, raw: raw, name: name, off: off}
-	d.readMore = func(fd uintptr) bool {
-		d.moreN, d.moreErr = unix.Read(int(fd), d.moreBuf)
-		return true // one try: never wait for more
+	d.readFn = func(fd uintptr) bool {
+		d.readTries++
+		d.readN, d.readErr = unix.Read(int(fd), d.readBuf)
+		return !d.readWait || d.readErr != unix.EAGAIN
 	}
 	if err := d.configure(cfg); err != nil {
 		d.Close()
@@ -262,27 +267,46 @@ func (d *Linux) ReadFrame(buf []byte) (int, error) {
 	return d.file.Read(buf)
 }
 
-// ReadFrames implements BatchReader: after one blocking read it reads on
-// until the device has nothing queued (EAGAIN) or bufs are full. One
-// goroutine at a time may call it.
+// ReadFrames implements BatchReader: it waits for a frame and, if one was
+// already queued when it came (so others may be behind it), reads on until
+// the device has nothing queued (EAGAIN) or bufs are full. A frame it had
+// to wait for most likely came alone, and finding that out would cost a
+// system call for every frame. One goroutine at a time may call it; after
+// Close it returns an error matching os.ErrClosed.
 func (d *Linux) ReadFrames(bufs [][]byte, sizes []int) (int, error) {
-	n, err := d.file.Read(bufs[0])
+	n, queued, err := d.read(bufs[0], true)
 	if err != nil {
 		return 0, err
 	}
 	sizes[0] = n
 	count := 1
-	for count < len(bufs) {
-		d.moreBuf = bufs[count]
-		err := d.raw.Read(d.readMore)
-		d.moreBuf = nil
-		if err != nil || d.moreErr != nil || d.moreN <= 0 {
+	for queued && count < len(bufs) {
+		n, _, err := d.read(bufs[count], false)
+		if err != nil || n <= 0 {
 			break
 		}
-		sizes[count] = d.moreN
+		sizes[count] = n
 		count++
 	}
 	return count, nil
+}
+
+// read reads one frame into buf, waiting for one if wait is set (and
+// failing with EAGAIN otherwise). queued reports that the frame was there
+// at the first try.
+func (d *Linux) read(buf []byte, wait bool) (n int, queued bool, err error) {
+	d.readBuf, d.readWait, d.readTries = buf, wait, 0
+	err = d.raw.Read(d.readFn)
+	d.readBuf = nil
+	switch {
+	case err != nil && d.closed.Load():
+		return 0, false, fmt.Errorf("tap %s: read: %w", d.name, os.ErrClosed)
+	case err != nil:
+		return 0, false, err
+	case d.readErr != nil:
+		return 0, false, d.readErr
+	}
+	return d.readN, d.readTries == 1, nil
 }
 
 // WriteFrame writes one Ethernet frame to the kernel, as if it had arrived
@@ -314,6 +338,7 @@ func (d *Linux) Close() error {
 }
 
 func (d *Linux) close() error {
+	d.closed.Store(true)
 	// Closing the last fd of a non-persistent TAP unregisters it.
 	err := d.file.Close()
 	if err != nil {

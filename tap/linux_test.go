@@ -127,29 +127,41 @@ func TestCloseUnblocksReadAndRemovesDevice(t *testing.T) {
 	requireTAP(t)
 	d := openTest(t, Config{Name: testName(3)})
 
-	errc := make(chan error, 1)
+	// One reader of each kind, both blocked when Close comes.
+	errc := make(chan error, 2)
 	go func() {
 		buf := make([]byte, 2048)
 		for {
 			// The kernel may send IPv6 router solicitations and the
 			// like first; read until Close ends it.
 			if _, err := d.ReadFrame(buf); err != nil {
-				errc <- err
+				errc <- fmt.Errorf("ReadFrame: %w", err)
 				return
 			}
 		}
 	}()
-	time.Sleep(50 * time.Millisecond) // let the reader block
+	go func() {
+		bufs, sizes := [][]byte{make([]byte, 2048), make([]byte, 2048)}, make([]int, 2)
+		for {
+			if _, err := d.ReadFrames(bufs, sizes); err != nil {
+				errc <- fmt.Errorf("ReadFrames: %w", err)
+				return
+			}
+		}
+	}()
+	time.Sleep(50 * time.Millisecond) // let the readers block
 	if err := d.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
-	select {
-	case err := <-errc:
-		if !errors.Is(err, os.ErrClosed) {
-			t.Errorf("ReadFrame after Close: %v, want os.ErrClosed", err)
+	for range 2 {
+		select {
+		case err := <-errc:
+			if !errors.Is(err, os.ErrClosed) {
+				t.Errorf("after Close: %v, want os.ErrClosed", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("Close did not unblock both readers")
 		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Close did not unblock ReadFrame")
 	}
 
 	_, err := netlink.LinkByName(testName(3))

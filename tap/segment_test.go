@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"testing"
 )
@@ -204,13 +205,19 @@ func TestSegmentRefuses(t *testing.T) {
 }
 
 func BenchmarkSegment(b *testing.B) {
-	hdr, pkt := partial(l4Spec{payload: pattern(65000)}.packet(), VirtioNetHdrGSOTCPv4, 1360)
-	out := make([]byte, 128<<10)
-	sizes := make([]int, 64)
-	b.SetBytes(int64(len(pkt)))
-	for b.Loop() {
-		if _, _, err := Segment(hdr, pkt, 1400, out, overlayLayout, sizes); err != nil {
-			b.Fatal(err)
-		}
+	for _, partialCsum := range []bool{false, true} {
+		b.Run(fmt.Sprintf("partial=%v", partialCsum), func(b *testing.B) {
+			hdr, pkt := partial(l4Spec{payload: pattern(44 * 1360)}.packet(), VirtioNetHdrGSOTCPv4, 1360)
+			out := make([]byte, 128<<10)
+			sizes := make([]int, 64)
+			layout := overlayLayout
+			layout.PartialCsum = partialCsum
+			b.SetBytes(int64(len(pkt)))
+			for b.Loop() {
+				if _, _, err := Segment(hdr, pkt, 1400, out, layout, sizes); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
