@@ -36,6 +36,15 @@ const (
 // Datagram types.
 const (
 	typeData byte = 1 // an IPv4 packet for the VM
+	typePing byte = 2 // keepalive and path probe; payload is pingLen bytes
+	typePong byte = 3 // answer to a ping, echoing its payload
+	// typePunch carries a node's UDP candidates for hole punching, end to
+	// end under a session over the ring (punch.go).
+	typePunch byte = 9
+	// typeLost tells a peer that no session here has the receiver index
+	// its datagram named: a bare header, padded to the shortest datagram
+	// and not sealed (lost.go).
+	typeLost byte = 11
 	// typeDataPartial is an IPv4 TCP or UDP packet for the VM whose
 	// transport checksum holds only the pseudo-header sum, as a kernel
 	// with checksum offload leaves it (tap.SegmentLayout.PartialCsum):
@@ -44,15 +53,6 @@ const (
 	// at one end and checked at the other would only cost two passes
 	// over every byte.
 	typeDataPartial byte = 12
-	typePing        byte = 2 // keepalive and path probe; payload is pingLen bytes
-	typePong        byte = 3 // answer to a ping, echoing its payload
-	// typePunch carries a node's UDP candidates for hole punching, end to
-	// end under a session over the ring (punch.go).
-	typePunch byte = 9
-	// typeLost tells a peer that no session here has the receiver index
-	// its datagram named: a bare header, padded to the shortest datagram
-	// and not sealed (lost.go).
-	typeLost byte = 11
 )
 
 const pingLen = 16 // probe id (8) and send time (8)

@@ -214,15 +214,13 @@ func segmentL4(hdr VirtioNetHdr, pkt []byte, proto byte, mtu int, out []byte, la
 		} else {
 			binary.BigEndian.PutUint16(l4[4:6], uint16(len(l4)))
 		}
-		if layout.PartialCsum {
-			binary.BigEndian.PutUint16(l4[csumOffset:], pseudoSum(ip, proto, len(l4)))
-			sizes[i] = len(seg)
-			continue
-		}
-		l4[csumOffset], l4[csumOffset+1] = 0, 0
-		sum := ^sum16(l4, pseudoSum(ip, proto, len(l4)))
-		if sum == 0 && proto == protoUDP {
-			sum = 0xffff // 0 would mean "no checksum"
+		sum := pseudoSum(ip, proto, len(l4)) // all a partial checksum holds
+		if !layout.PartialCsum {
+			l4[csumOffset], l4[csumOffset+1] = 0, 0
+			sum = ^sum16(l4, sum)
+			if sum == 0 && proto == protoUDP {
+				sum = 0xffff // 0 would mean "no checksum"
+			}
 		}
 		binary.BigEndian.PutUint16(l4[csumOffset:], sum)
 		sizes[i] = len(seg)
